@@ -1,0 +1,354 @@
+"""Container lifecycle of the runtime: create, start, state, kill, delete.
+
+The runc model (runtime-spec runtime.md "Lifecycle"): ``create`` sets up the
+namespaces and filesystem and leaves PID 1 blocked on ``exec.fifo`` in the
+state directory; ``start`` opens the fifo for reading, which releases it into
+``execve``; the status is derived, never stored, from whether the PID lives
+(and is the same process: its start time is recorded) and whether the fifo is
+still there.  The lifecycle rules live in :class:`Status` and
+:meth:`State.status` only.
+
+State directory: ``<state_root>/<id>/state.json`` (runtime-spec state) and
+``exec.fifo``.
+"""
+
+from __future__ import annotations
+
+import enum
+import fcntl
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import sys
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+from ketch.errors import ContainerNotFound, ContainerStateError, KetchError, SpecError
+from ketch.linux import syscalls as sc
+from ketch.oci.runtime import OCI_VERSION, Spec
+from ketch.runtime import sync
+
+_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]{0,1023}$")
+
+NAMESPACE_FLAGS = {
+    "pid": sc.CLONE_NEWPID, "network": sc.CLONE_NEWNET, "ipc": sc.CLONE_NEWIPC,
+    "uts": sc.CLONE_NEWUTS, "mount": sc.CLONE_NEWNS, "user": sc.CLONE_NEWUSER,
+    "cgroup": sc.CLONE_NEWCGROUP, "time": sc.CLONE_NEWTIME,
+}
+
+
+class Status(str, enum.Enum):
+    """runtime-spec states, with the operations each allows."""
+
+    CREATING = "creating"
+    CREATED = "created"
+    RUNNING = "running"
+    STOPPED = "stopped"
+
+    def can_start(self) -> bool:
+        return self is Status.CREATED
+
+    def can_kill(self) -> bool:
+        return self in (Status.CREATED, Status.RUNNING)
+
+    def can_delete(self) -> bool:
+        return self is Status.STOPPED
+
+
+def _proc_start_time(pid: int) -> int | None:
+    """Field 22 of /proc/PID/stat (start time in clock ticks), or None if gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read()
+    except OSError:
+        return None
+    fields = data[data.rindex(b")") + 2:].split()
+    if fields[0] == b"Z":  # zombie: exited, not yet reaped
+        return None
+    return int(fields[19])
+
+
+@dataclass
+class State:
+    """The runtime-spec state of one container plus what the runtime needs to
+    find it again (``start_time`` guards against PID reuse)."""
+
+    id: str
+    bundle: str
+    pid: int = 0
+    start_time: int | None = None
+    rootfs: str = ""
+    annotations: dict[str, str] = field(default_factory=dict)
+    created: str = ""
+    dir: Path = Path()
+
+    @property
+    def fifo(self) -> Path:
+        return self.dir / "exec.fifo"
+
+    def status(self) -> Status:
+        if not self.pid:
+            return Status.CREATING
+        if _proc_start_time(self.pid) != self.start_time:
+            return Status.STOPPED
+        return Status.CREATED if self.fifo.exists() else Status.RUNNING
+
+    def to_json(self) -> dict:
+        """The runtime-spec state object (runtime.md "State")."""
+        return {"ociVersion": OCI_VERSION, "id": self.id, "status": self.status().value,
+                "pid": self.pid if self.status() != Status.STOPPED else 0, "bundle": self.bundle,
+                "rootfs": self.rootfs, "created": self.created, "annotations": self.annotations}
+
+    def save(self) -> None:
+        body = {"id": self.id, "bundle": self.bundle, "pid": self.pid, "start_time": self.start_time,
+                "rootfs": self.rootfs, "annotations": self.annotations, "created": self.created}
+        tmp = self.dir / "state.json.tmp"
+        tmp.write_text(json.dumps(body))
+        os.replace(tmp, self.dir / "state.json")
+
+
+class Runtime:
+    """The runtime over one state root (runc's ``--root``)."""
+
+    def __init__(self, state_root: Path | str):
+        self.root = Path(state_root)
+
+    def _dir(self, cid: str) -> Path:
+        if not _ID_RE.match(cid):
+            raise ContainerStateError(f"invalid container ID {cid!r}")
+        return self.root / cid
+
+    @contextmanager
+    def locked(self, cid: str) -> Iterator[None]:
+        """Serialize operations on one container (flock on its state dir)."""
+        d = self._dir(cid)
+        fd = os.open(d, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
+
+    def load(self, cid: str) -> State:
+        """The saved state of ``cid``.  Raises ContainerNotFound."""
+        d = self._dir(cid)
+        try:
+            body = json.loads((d / "state.json").read_text())
+        except FileNotFoundError:
+            raise ContainerNotFound(f"container {cid} does not exist") from None
+        return State(dir=d, **body)
+
+    def list(self) -> list[State]:
+        out = []
+        if self.root.is_dir():
+            for d in sorted(self.root.iterdir()):
+                try:
+                    out.append(self.load(d.name))
+                except (ContainerStateError, ValueError):
+                    continue
+        return out
+
+    # ------------------------------------------------------------------ create
+    def create(self, cid: str, bundle: Path | str, *, stdio: tuple[int, int, int] = (0, 1, 2),
+               console_socket: socket.socket | None = None, pid_file: str | None = None,
+               subreaper: bool = False) -> State:
+        """Create container ``cid`` from the bundle (``config.json`` + rootfs).
+
+        Returns the state with status ``created``: PID 1 exists in its
+        namespaces and waits for :meth:`start`.  ``stdio`` become the
+        process's fds 0–2 (ignored when the process has a terminal, whose
+        master is sent over ``console_socket``).  ``subreaper``: make the
+        caller PR_SET_CHILD_SUBREAPER so it can wait for PID 1 itself.
+
+        Raises ContainerStateError if ``cid`` exists, SpecError for a bad
+        config.json, ExecError (126/127) when the program cannot run,
+        KetchError/SyscallError for other failures; on any failure nothing is
+        left behind (state dir removed, PID 1 gone).
+        """
+        bundle = Path(bundle).resolve()
+        try:
+            spec = Spec.from_json(json.loads((bundle / "config.json").read_text()))
+        except FileNotFoundError:
+            raise SpecError(f"bundle {bundle}: config.json not found") from None
+        except json.JSONDecodeError as e:
+            raise SpecError(f"bundle {bundle}: config.json is not valid JSON: {e}") from None
+        rootfs = spec.root.path if spec.root.path.startswith("/") else str(bundle / spec.root.path)
+        if not os.path.isdir(rootfs):
+            raise SpecError(f"root.path {rootfs} is not a directory")
+        d = self._dir(cid)
+        self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        try:
+            d.mkdir(mode=0o711)
+        except FileExistsError:
+            raise ContainerStateError(f"container with id {cid} already exists") from None
+        state = State(id=cid, bundle=str(bundle), rootfs=rootfs, annotations=dict(spec.annotations),
+                      created=time.strftime("%Y-%m-%dT%H:%M:%S.000000000Z", time.gmtime()), dir=d)
+        try:
+            state.save()
+            os.mkfifo(state.fifo, 0o622)
+            pid = self._spawn(spec, rootfs, state, stdio, console_socket, subreaper)
+            state.pid = pid
+            state.start_time = _proc_start_time(pid)
+            state.save()
+            if pid_file:
+                tmp = pid_file + ".tmp"
+                with open(tmp, "w") as f:
+                    f.write(str(pid))
+                os.replace(tmp, pid_file)
+        except BaseException:
+            if state.pid:
+                _kill_quietly(state.pid)
+            shutil.rmtree(d, ignore_errors=True)
+            raise
+        return state
+
+    def _spawn(self, spec: Spec, rootfs: str, state: State, stdio: tuple[int, int, int],
+               console: socket.socket | None, subreaper: bool) -> int:
+        """Fork the intermediate and PID 1 (see :mod:`ketch.runtime.sync`); return PID 1's host PID."""
+        from ketch.runtime.init import container_init  # imported before fork: needed after pivot_root
+
+        flags = 0
+        joins: list[tuple[str, int]] = []
+        for ns in spec.linux.namespaces:
+            if ns.path:
+                joins.append((ns.path, os.open(ns.path, os.O_RDONLY | os.O_CLOEXEC)))
+            else:
+                flags |= NAMESPACE_FLAGS[ns.type]
+        new_netns = bool(flags & sc.CLONE_NEWNET)
+        fifo_fd = os.open(state.fifo, os.O_PATH | os.O_CLOEXEC)
+        parent, child = sync.Channel.pair()
+        if subreaper:
+            sc.prctl(sc.PR_SET_CHILD_SUBREAPER, 1)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        inter = os.fork()
+        if inter == 0:  # ---------------------------------------- intermediate
+            try:
+                parent.close()
+                for i, fd in enumerate(stdio):
+                    if fd != i:
+                        os.dup2(fd, i, inheritable=True)
+                for path, fd in joins:
+                    try:
+                        sc.setns(fd)
+                    except OSError as e:
+                        raise KetchError(f"joining namespace {path}: {e.strerror}") from None
+                sc.unshare(flags)
+                init = os.fork()
+                if init == 0:  # ------------------------------------ PID 1
+                    container_init(spec, rootfs, child, fifo_fd, console, new_netns)
+                child.send(sync.Pid(init))
+                os._exit(0)
+            except BaseException as e:  # noqa: BLE001
+                try:
+                    child.send(sync.Error(f"creating namespaces: {e}"))
+                finally:
+                    os._exit(1)
+        # ------------------------------------------------------------- parent
+        child.close()
+        os.close(fifo_fd)
+        for _, fd in joins:
+            os.close(fd)
+        try:
+            first = parent.recv()
+            os.waitpid(inter, 0)
+            if isinstance(first, sync.Error):
+                sync.raise_error(first)
+            if not isinstance(first, sync.Pid):
+                raise KetchError(f"container init: unexpected message {first!r}")
+            pid = first.pid
+            try:
+                msg = parent.recv()
+            except BaseException:
+                _kill_quietly(pid)
+                raise
+            if isinstance(msg, sync.Ready):
+                return pid
+            if subreaper:
+                _reap(pid)
+            if isinstance(msg, sync.Error):
+                sync.raise_error(msg)
+            raise KetchError("container init exited before it was ready")
+        finally:
+            parent.close()
+
+    # ------------------------------------------------------------------ start
+    def start(self, cid: str) -> State:
+        """Release a created container into its program (runtime.md "start").
+
+        Raises ContainerNotFound, or ContainerStateError unless ``created``.
+        """
+        state = self.load(cid)
+        st = state.status()
+        if not st.can_start():
+            raise ContainerStateError(f"cannot start a container that is {st.value}: {cid}")
+        fd = os.open(state.fifo, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            data = os.read(fd, 1)
+        finally:
+            os.close(fd)
+        state.fifo.unlink(missing_ok=True)
+        if data != b"0":
+            raise ContainerStateError(f"container {cid} exited before it could start")
+        return state
+
+    # ------------------------------------------------------------------ kill, delete
+    def kill(self, cid: str, sig: int = signal.SIGTERM) -> None:
+        """Send ``sig`` to PID 1.  Raises ContainerStateError unless created or running."""
+        state = self.load(cid)
+        st = state.status()
+        if not st.can_kill():
+            raise ContainerStateError(f"cannot kill a container that is {st.value}: {cid}")
+        os.kill(state.pid, sig)
+
+    def delete(self, cid: str, force: bool = False) -> None:
+        """Remove the container's runtime state (runtime.md "delete").
+
+        A container that is not stopped is refused unless ``force``, which
+        SIGKILLs PID 1 (and so its whole PID namespace) first.  Idempotent
+        for a missing container only when ``force``.
+        """
+        try:
+            state = self.load(cid)
+        except ContainerNotFound:
+            if force:
+                shutil.rmtree(self._dir(cid), ignore_errors=True)
+                return
+            raise
+        st = state.status()
+        if not st.can_delete():
+            if not force:
+                raise ContainerStateError(f"cannot delete container {cid} that is not stopped: {st.value}")
+            _kill_quietly(state.pid)
+            for _ in range(200):
+                if state.status() == Status.STOPPED:
+                    break
+                time.sleep(0.01)
+        shutil.rmtree(state.dir, ignore_errors=True)
+
+
+def _kill_quietly(pid: int) -> None:
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def _reap(pid: int) -> None:
+    try:
+        os.waitpid(pid, 0)
+    except ChildProcessError:
+        pass
+
+
+def wait_exit_code(pid: int) -> int:
+    """waitpid(2) on our child ``pid``; Docker's exit code: the status, or 128+N for signal N."""
+    _, status = os.waitpid(pid, 0)
+    code = os.waitstatus_to_exitcode(status)
+    return 128 - code if code < 0 else code

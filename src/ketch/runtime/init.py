@@ -1,0 +1,214 @@
+"""The container's init: what PID 1 does between fork and the user's program.
+
+:func:`container_init` runs in the forked child that is PID 1 of the new PID
+namespace and already in the container's other new namespaces.  It never
+returns: it ends in ``execve`` or ``os._exit``.  Every module it uses is
+imported at the top of this file, because after ``pivot_root`` the host's
+Python standard library is out of reach (see DESIGN.md).
+
+The steps, in order, and why (runc's ``standard_init_linux.go``):
+
+1. reset signal dispositions and mask inherited from Python (SIGPIPE is
+   ignored by CPython and ignoring survives execve);
+2. bring ``lo`` up in a new network namespace;
+3. build the filesystem view and pivot_root (:mod:`ketch.runtime.rootfs`);
+4. the terminal: open ``/dev/ptmx`` *inside* the container's devpts, send the
+   master to the caller over the console socket, make the slave our
+   controlling terminal and stdio, bind it over ``/dev/console``;
+5. hostname, domainname, sysctls (before 6, which makes /proc/sys read-only);
+6. masked and read-only paths, read-only root (after /dev/console, a mount
+   point a read-only root could not create);
+7. find the executable in the container's PATH *before* reporting ready, so a
+   missing program fails ``create`` with 127/126 as Docker reports it;
+8. rlimits, oom_score_adj, working directory, groups/gid/uid, umask,
+   no_new_privs;
+9. report Ready, block opening the exec fifo until ``start``, then execve.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import resource
+import signal
+import socket
+import stat
+import struct
+import termios
+import traceback
+
+from ketch.errors import ExecError, KetchError
+from ketch.linux import syscalls as sc
+from ketch.oci.runtime import Spec
+from ketch.runtime import rootfs as rfs
+from ketch.runtime.sync import Channel, Error, Ready
+
+TIOCSPTLCK = 0x40045431
+TIOCGPTN = 0x80045430
+SIOCGIFFLAGS = 0x8913
+SIOCSIFFLAGS = 0x8914
+IFF_UP = 0x1
+
+RLIMITS = {name: getattr(resource, name) for name in dir(resource) if name.startswith("RLIMIT_")}
+
+
+def container_init(spec: Spec, rootfs: str, chan: Channel, fifo_fd: int,
+                   console: socket.socket | None, new_netns: bool) -> None:
+    """Run steps 1–9 in PID 1 of the container; never returns.
+
+    ``fifo_fd`` is an ``O_PATH`` descriptor of the exec fifo opened before
+    pivot_root; ``console`` the socket to send a pty master on when
+    ``spec.process.terminal``.  Failures are reported to the parent as an
+    ``Error`` message and end the process.
+    """
+    code = 125
+    try:
+        _reset_signals()
+        if new_netns:
+            loopback_up()
+        rfs.prepare_rootfs(spec, rootfs)
+        if spec.process.terminal:
+            slave = setup_terminal(console, spec)
+            rfs.bind_console(slave)
+        if spec.hostname:
+            sc.sethostname(spec.hostname)
+        if spec.domainname:
+            sc.setdomainname(spec.domainname)
+        for key, value in spec.linux.sysctl.items():
+            with open("/proc/sys/" + key.replace(".", "/"), "w") as f:
+                f.write(value)
+        rfs.finish_rootfs(spec)
+        proc = spec.process
+        env = dict(e.split("=", 1) if "=" in e else (e, "") for e in proc.env)
+        for r in proc.rlimits:
+            if r.type not in RLIMITS:
+                raise KetchError(f"config.json: unknown rlimit {r.type}")
+            resource.setrlimit(RLIMITS[r.type], (r.soft, r.hard))
+        if proc.oomScoreAdj is not None:
+            with open("/proc/self/oom_score_adj", "w") as f:
+                f.write(str(proc.oomScoreAdj))
+        try:
+            os.chdir(proc.cwd)
+        except OSError as e:
+            raise ExecError(f"chdir to cwd ({proc.cwd!r}) set in config.json failed: {e.strerror}", 126) from None
+        user = proc.user
+        os.setgroups(list(user.additionalGids))
+        os.setgid(user.gid)
+        os.setuid(user.uid)
+        if user.umask is not None:
+            os.umask(user.umask)
+        else:
+            os.umask(0o022)
+        # Looked up as the container user, so permission errors are the user's.
+        path = find_executable(proc.args[0], env.get("PATH", ""))
+        if proc.noNewPrivileges:
+            sc.prctl(sc.PR_SET_NO_NEW_PRIVS, 1)
+        chan.send(Ready())
+        fd = os.open(f"/proc/self/fd/{fifo_fd}", os.O_WRONLY | os.O_CLOEXEC)
+        os.write(fd, b"0")
+        os.close(fd)
+        os.close(fifo_fd)
+        code = 126
+        try:
+            os.execve(path, list(proc.args), env)
+        except OSError as e:
+            # Too late for the channel (the parent stopped listening at Ready):
+            # say it on the process's own stderr, as runc's init does.
+            os.write(2, f"ketch: exec {proc.args[0]}: {e.strerror}\n".encode())
+            os._exit(127 if e.errno == errno.ENOENT else 126)
+    except ExecError as e:
+        _fail(chan, str(e), e.exit_code)
+    except KetchError as e:
+        _fail(chan, str(e), code)
+    except OSError as e:
+        where = f" {e.filename}" if getattr(e, "filename", None) else ""
+        _fail(chan, f"container init: {e.strerror}{where}", code)
+    except BaseException:  # noqa: BLE001 - report anything, never unwind into the caller's code
+        _fail(chan, "container init crashed: " + traceback.format_exc().strip().splitlines()[-1], code)
+    os._exit(code)
+
+
+def _fail(chan: Channel, message: str, code: int) -> None:
+    try:
+        chan.send(Error(message, code))
+    except OSError:
+        os.write(2, f"ketch: {message}\n".encode())
+    os._exit(code)
+
+
+def _reset_signals() -> None:
+    for sig in range(1, signal.NSIG):
+        try:
+            if signal.getsignal(sig) not in (signal.SIG_DFL, None):
+                signal.signal(sig, signal.SIG_DFL)
+        except (OSError, ValueError, RuntimeError):
+            pass
+    signal.pthread_sigmask(signal.SIG_SETMASK, [])
+
+
+def loopback_up() -> None:
+    """Set IFF_UP on ``lo`` with SIOCSIFFLAGS (netdevice(7)); a new network
+    namespace starts with it down."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        ifr = struct.pack("16sH14x", b"lo", 0)
+        flags = struct.unpack("16sH14x", fcntl.ioctl(s.fileno(), SIOCGIFFLAGS, ifr))[1]
+        fcntl.ioctl(s.fileno(), SIOCSIFFLAGS, struct.pack("16sH14x", b"lo", flags | IFF_UP))
+
+
+def setup_terminal(console: socket.socket | None, spec: Spec) -> str:
+    """Open a pty in the container's devpts (pts(4)), send the master over
+    ``console`` (SCM_RIGHTS, as runc's --console-socket), and make the slave
+    the controlling terminal and stdio.  Returns the slave's path."""
+    if console is None:
+        raise KetchError("config.json: process.terminal is true but no console socket was given")
+    master = os.open("/dev/ptmx", os.O_RDWR | os.O_NOCTTY | os.O_CLOEXEC)
+    fcntl.ioctl(master, TIOCSPTLCK, struct.pack("i", 0))
+    n = struct.unpack("I", fcntl.ioctl(master, TIOCGPTN, struct.pack("I", 0)))[0]
+    slave_path = f"/dev/pts/{n}"
+    if spec.process.consoleSize:
+        h, w = spec.process.consoleSize
+        fcntl.ioctl(master, termios.TIOCSWINSZ, struct.pack("HHHH", h, w, 0, 0))
+    socket.send_fds(console, [slave_path.encode()], [master])
+    console.close()
+    os.close(master)
+    os.setsid()
+    slave = os.open(slave_path, os.O_RDWR)
+    fcntl.ioctl(slave, termios.TIOCSCTTY, 0)
+    os.fchown(slave, spec.process.user.uid, -1)
+    for fd in (0, 1, 2):
+        os.dup2(slave, fd)
+    if slave > 2:
+        os.close(slave)
+    return slave_path
+
+
+def find_executable(name: str, path_env: str) -> str:
+    """Resolve ``name`` like execvp(3) does, in the current (container) root.
+
+    Raises ExecError with Docker's exit codes: 127 when not found, 126 when
+    found but not executable (a directory, no x permission).
+    """
+    if "/" in name:
+        candidates = [name]
+    else:
+        candidates = [os.path.join(d or ".", name) for d in path_env.split(":")]
+    denied = None
+    for c in candidates:
+        try:
+            st = os.stat(c)
+        except OSError:
+            continue
+        if stat.S_ISDIR(st.st_mode):
+            if "/" in name:
+                raise ExecError(f'exec: "{name}": is a directory', 126)
+            continue
+        if os.access(c, os.X_OK):
+            return c
+        denied = c
+    if denied:
+        raise ExecError(f'exec: "{name}": permission denied', 126)
+    if "/" in name:
+        raise ExecError(f'exec: "{name}": no such file or directory', 127)
+    raise ExecError(f'exec: "{name}": executable file not found in $PATH', 127)
+
