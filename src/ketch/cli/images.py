@@ -312,7 +312,7 @@ def run_inspect(args: argparse.Namespace, paths) -> int:
     if args.format:
         for d in docs:
             print(render_format(args.format, d))
-    elif docs or status == 0:
+    else:
         print(json.dumps(docs, indent=4))
     return status
 

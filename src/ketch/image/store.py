@@ -198,11 +198,13 @@ class ContentStore:
                 os.fsync(out.fileno())
             digest = "sha256:" + h.hexdigest()
             if want_digest is not None and (digest != want_digest or n != want_size):
-                where = f" from {source}" if source else ""
-                got = f"{n}+" if n > (want_size or 0) else str(n)
-                raise DigestMismatch(f"blob {want_digest}{where}: content does not match its descriptor "
-                                     f"(got {got} bytes with digest {digest if n == want_size else 'n/a'}, "
-                                     f"want {want_size} bytes)")
+                where = f" ({source})" if source else ""
+                if n > want_size:
+                    got = f"more than {want_size} bytes"
+                else:
+                    got = f"{n} bytes with digest {digest}"
+                raise DigestMismatch(f"blob {want_digest}{where}: digest mismatch: got {got}, "
+                                     f"want {want_size} bytes")
             os.chmod(tmp, 0o644)
             os.replace(tmp, self.blobs / digest[7:])
         except BaseException:

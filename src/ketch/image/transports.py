@@ -152,7 +152,7 @@ class _BlobSource:
 class _DirLayout(_BlobSource):
     def __init__(self, root: Path):
         self.root = root
-        self.label = str(root)
+        self.label = f"oci:{root}"
         if not root.is_dir():
             raise ImageError(f"{root}: no such directory" if not root.exists() else f"{root}: not a directory")
         if not (root / "oci-layout").is_file():
@@ -331,7 +331,7 @@ def _select(index: oci.Index, tag: str | None, label: str, all_tags: bool) -> li
     picked = _by_platform(entries, label)
     if len(picked) != 1:
         tags = sorted({t for e in entries if (t := _entry_tagname(e))})
-        raise ImageError(f"{label}: holds {len(entries)} images; name one as {label}:TAG"
+        raise ImageError(f"{label}: holds {len(entries)} images; name one as {label}:TAG or use --all-tags"
                          + (f" (tags: {', '.join(tags)})" if tags else ""))
     return picked
 
@@ -471,11 +471,11 @@ def _pull_docker_archive(store: ImageStore, arc: _TarArchive, want: str | None,
                          load_all: bool) -> list[PullResult]:
     doc = arc.read_json_file("manifest.json")
     if not isinstance(doc, list) or not doc:
-        raise ImageError(f"{arc.path}: manifest.json is not a non-empty list")
+        raise ImageError(f"{arc.label}: manifest.json is not a non-empty list")
     entries = []
     for e in doc:
         if not isinstance(e, dict) or not isinstance(e.get("Config"), str) or not isinstance(e.get("Layers"), list):
-            raise ImageError(f"{arc.path}: manifest.json entry lacks Config or Layers")
+            raise ImageError(f"{arc.label}: manifest.json entry lacks Config or Layers")
         tags = [str(parse_reference(t)) for t in (e.get("RepoTags") or [])]
         entries.append((e, tags))
     if want is not None:
@@ -483,12 +483,12 @@ def _pull_docker_archive(store: ImageStore, arc: _TarArchive, want: str | None,
         chosen = [(e, [w]) for e, tags in entries if w in tags]
         if not chosen:
             have = sorted({parse_reference(t).familiar for _, tags in entries for t in tags})
-            raise ImageError(f'{arc.path}: no image named "{want}"' + (f" (has: {', '.join(have)})" if have else ""))
+            raise ImageError(f'{arc.label}: no image named "{want}"' + (f" (has: {', '.join(have)})" if have else ""))
         chosen = chosen[:1]
     elif load_all or len(entries) == 1:
         chosen = entries
     else:
-        raise ImageError(f"{arc.path}: holds {len(entries)} images; name one as docker-archive:FILE:NAME:TAG")
+        raise ImageError(f"{arc.label}: holds {len(entries)} images; name one as docker-archive:FILE:NAME:TAG")
     return [_docker_image(store, arc, e, tags) for e, tags in chosen]
 
 
@@ -498,9 +498,9 @@ _HEXNAME = re.compile(r"(?:^|/)(?:blobs/sha256/)?([0-9a-f]{64})(?:\.tar)?$")
 def _docker_image(store: ImageStore, arc: _TarArchive, entry: dict, names: list[str]) -> PullResult:
     with arc.open_member(entry["Config"]) as f:
         cbytes = f.read(MAX_JSON_BLOB + 1)
-    config = _parse_config(cbytes, f"{arc.path}:{entry['Config']}")
+    config = _parse_config(cbytes, f"{arc.label}:{entry['Config']}")
     if len(config.diff_ids) != len(entry["Layers"]):
-        raise ImageError(f"{arc.path}: image {entry['Config']} lists {len(entry['Layers'])} layers "
+        raise ImageError(f"{arc.label}: image {entry['Config']} lists {len(entry['Layers'])} layers "
                          f"but its config has {len(config.diff_ids)} diff IDs")
     descs: list[oci.Descriptor] = []
     events: list[tuple[str, str]] = []
@@ -514,14 +514,14 @@ def _docker_image(store: ImageStore, arc: _TarArchive, entry: dict, names: list[
         else:
             expected = BlobInfo(hint, size) if hint and "blobs/sha256/" in _norm(name) else None
             with arc.open_member(name) as f:
-                info = store.content.ingest(f, expected, source=f"{arc.path}:{name}")
+                info = store.content.ingest(f, expected, source=f"{arc.label}:{name}")
             events.append((info.digest, "Pull complete"))
         with open(store.content.path(info.digest), "rb") as bf:
             kind = detect_compression(bf.read(4))
         descs.append(oci.Descriptor(layer_media_type(kind), info.digest, info.size))
     cdesc = oci.Descriptor(oci.OCI_CONFIG, oci.sha256_digest(cbytes), len(cbytes))
     manifest = oci.Manifest(oci.OCI_MANIFEST, cdesc, tuple(descs))
-    infos = _verify_layers(store, manifest, config, str(arc.path))
+    infos = _verify_layers(store, manifest, config, arc.label)
     store.content.ingest_bytes(cbytes)
     mbytes = json.dumps(manifest.to_json(), separators=(",", ":")).encode()
     mdigest = store.content.ingest_bytes(mbytes).digest
@@ -550,6 +550,7 @@ def pull(store: ImageStore, source: str, all_tags: bool = False) -> list[PullRes
     if src.transport == "oci":
         return _pull_layout(store, _DirLayout(path), _base_name(src.path), src.ref, all_tags)
     with _TarArchive(path, store.content.blobs) as arc:
+        arc.label = f"{src.transport}:{path}"
         if src.transport == "oci-archive":
             return _pull_layout(store, arc, _base_name(src.path), src.ref, all_tags)
         return _pull_docker_archive(store, arc, src.ref, load_all=all_tags)
