@@ -86,10 +86,16 @@ def read_file_in_root(rootfs: str | os.PathLike[str], path: str) -> str | None:
         if e.errno in (errno.ENOENT, errno.ENOTDIR):
             return None
         raise SpecError(f"cannot read {path} of the image: {os.strerror(e.errno or 0)}") from None
-    with os.fdopen(fd, "rb") as f:
-        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
             raise SpecError(f"{path} of the image is not a regular file")
-        return f.read(_READ_LIMIT).decode("utf-8", "replace")
+        chunks, size = [], 0
+        while size < _READ_LIMIT and (chunk := os.read(fd, min(1 << 20, _READ_LIMIT - size))):
+            chunks.append(chunk)
+            size += len(chunk)
+    finally:
+        os.close(fd)
+    return b"".join(chunks).decode("utf-8", "replace")
 
 
 def _int(s: str) -> int | None:
