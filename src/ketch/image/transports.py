@@ -232,27 +232,28 @@ class _TarArchive(_BlobSource):
     def has(self, name: str) -> bool:
         return _norm(name) in self.members
 
-    def open_member(self, name: str) -> BinaryIO:
+    def _resolve(self, name: str) -> tarfile.TarInfo:
+        """The regular-file member ``name`` refers to, following links inside the archive
+        (``docker save`` links duplicate layers: ``b/layer.tar -> ../a/layer.tar``)."""
         m = self.members.get(_norm(name))
+        for _ in range(16):
+            if m is None or not (m.issym() or m.islnk()):
+                break
+            target = os.path.join(os.path.dirname(m.name), m.linkname) if m.issym() else m.linkname
+            m = self.members.get(_norm(target))
         if m is None:
-            raise ImageError(f"{self.path}: archive has no {name}")
-        try:
-            f = self.tar.extractfile(m)
-        except (KeyError, tarfile.TarError) as e:  # broken link inside the archive
-            raise ImageError(f"{self.path}: cannot read {name}: {e}") from None
-        if f is None:
-            raise ImageError(f"{self.path}: {name} is not a regular file")
+            raise ImageError(f"{self.label}: archive has no {name} (or it is a dangling link)")
+        if not m.isreg():
+            raise ImageError(f"{self.label}: {name} is not a regular file")
+        return m
+
+    def open_member(self, name: str) -> BinaryIO:
+        f = self.tar.extractfile(self._resolve(name))
+        assert f is not None  # a regular member always has a file object
         return f  # type: ignore[return-value]
 
     def member_size(self, name: str) -> int:
-        m = self.members[_norm(name)]
-        while m.issym() or m.islnk():
-            target = _norm(os.path.join(os.path.dirname(m.name), m.linkname) if m.issym() else m.linkname)
-            nxt = self.members.get(target)
-            if nxt is None or nxt is m:
-                break
-            m = nxt
-        return m.size
+        return self._resolve(name).size
 
     def read_json_file(self, name: str) -> object:
         if not self.has(name):
@@ -504,13 +505,17 @@ def _docker_image(store: ImageStore, arc: _TarArchive, entry: dict, names: list[
                          f"but its config has {len(config.diff_ids)} diff IDs")
     descs: list[oci.Descriptor] = []
     events: list[tuple[str, str]] = []
-    for name in entry["Layers"]:
+    for name, diff_id in zip(entry["Layers"], config.diff_ids):
         size = arc.member_size(name)
         m = _HEXNAME.search(_norm(name))
         hint = "sha256:" + m.group(1) if m else None
-        if hint and store.content.has(hint, size):
-            info = BlobInfo(hint, size)
-            events.append((hint, "Already exists"))
+        # An uncompressed layer's blob digest is its diff ID: if that blob is
+        # stored with this size, the archive's copy is not needed (the diff IDs
+        # are verified below either way).
+        present = next((h for h in (hint, diff_id) if h and store.content.has(h, size)), None)
+        if present:
+            info = BlobInfo(present, size)
+            events.append((present, "Already exists"))
         else:
             expected = BlobInfo(hint, size) if hint and "blobs/sha256/" in _norm(name) else None
             with arc.open_member(name) as f:
