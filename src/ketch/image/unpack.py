@@ -850,6 +850,8 @@ class _Writer:
         self.entries += 1
         parent, _, base = rel.rpartition(b"/")
 
+        if rel.startswith(WHITEOUT_META_PREFIX) and rel != OPAQUE_WHITEOUT:
+            return  # AUFS metadata at the root (.wh..wh.plnk/…, .wh..wh.aufs): not content
         if base.startswith(WHITEOUT_PREFIX):
             self._whiteout(rel, parent, base)
             return
