@@ -25,6 +25,8 @@ from ketch.paths import Paths
 # command word -> module under ketch.cli (several words may share a module).
 COMMANDS: dict[str, str] = {
     "run": "run",
+    "rm": "run",
+    "ps": "run",
     "pull": "images",
     "images": "images",
     "image": "images",
@@ -96,11 +98,13 @@ def _main(argv: list[str]) -> int:
         raise KetchError(f"'{word}' is not a ketch command.\nSee 'ketch --help'")
     mod = importlib.import_module(f"ketch.cli.{COMMANDS[word]}")
     helps = getattr(mod, "HELPS", {})
-    p = _Parser(prog=f"ketch {word}", description=helps.get(word, getattr(mod, "HELP", "")))
+    # No -h: `ketch run -h NAME` is --hostname, as in Docker.
+    p = _Parser(prog=f"ketch {word}", description=helps.get(word, getattr(mod, "HELP", "")), add_help=False)
+    p.add_argument("--help", action="help", help="show this help message and exit")
     configure = getattr(mod, "configure_" + word, None) or mod.configure
     configure(p)
     args = p.parse_args(rest[1:])
-    args.command = word
+    args.ketch_command = word
     paths = Paths.from_env(gargs.root, gargs.runroot)
     runner = getattr(mod, "run_" + word, None) or mod.run
     return runner(args, paths)

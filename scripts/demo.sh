@@ -1,0 +1,27 @@
+#!/bin/sh
+# The main job: real distro userlands running as isolated processes on this host's kernel.
+# Alpine from ../shared/images when present (offline), and Debian bookworm built here from
+# Debian's own packages with mmdebstrap (cached in /var/cache/ketch-demo).
+set -eu
+cd "$(dirname "$0")/.."
+KETCH=.venv/bin/ketch
+say() { printf '\n\033[1m$ %s\033[0m\n' "$*"; }
+run() { say "$*"; "$@"; }
+
+echo "host: $(uname -sr), $(. /etc/os-release && echo "$PRETTY_NAME")"
+
+if [ -d ../shared/images/alpine ]; then
+    run $KETCH pull oci:../shared/images/alpine:3.20.3
+    run $KETCH run --rm alpine:3.20.3 sh -c 'head -2 /etc/os-release; echo "kernel: $(uname -r)"; echo "my PID: $$"; ps'
+fi
+
+cache=/var/cache/ketch-demo
+if [ ! -f $cache/bookworm.tar ]; then
+    mkdir -p $cache
+    say "mmdebstrap --variant=minbase bookworm (once, ~1 min)"
+    mmdebstrap --quiet --variant=minbase --mode=root --format=tar bookworm $cache/bookworm.tar.tmp
+    mv $cache/bookworm.tar.tmp $cache/bookworm.tar
+fi
+run $KETCH import $cache/bookworm.tar debian:bookworm
+run $KETCH images
+run $KETCH run --rm --hostname demo debian:bookworm sh -c 'grep PRETTY /etc/os-release; echo "kernel: $(uname -r)"; echo "hostname: $(hostname), PID $$"; ls /proc | grep -c "^[0-9]" | sed "s/^/processes visible: /"'

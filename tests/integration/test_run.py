@@ -1,0 +1,182 @@
+"""`ketch run` end to end: real images, real namespaces, real overlayfs (root only)."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import pty
+import select
+import signal
+import struct
+import subprocess
+import termios
+import fcntl
+import time
+
+import pytest
+
+from tests.conftest import ALPINE_TAGS, BUSYBOX_TAGS, require_root
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(autouse=True)
+def _root():
+    require_root()
+
+
+@pytest.mark.parametrize("tag", ALPINE_TAGS)
+def test_alpine_userland_on_host_kernel(images, tag):
+    out = images.out("run", "--rm", f"alpine:{tag}", "sh", "-c",
+                     "cat /etc/os-release; echo uname=$(uname -r); echo pid=$$")
+    want = tag.split("-")[0] if not tag.startswith("edge") else None
+    assert "ID=alpine" in out
+    if want:
+        assert f"VERSION_ID={want}" in out
+    assert f"uname={platform.release()}" in out
+    assert "pid=1" in out
+
+
+@pytest.mark.parametrize("tag", BUSYBOX_TAGS)
+def test_busybox_variants_run(images, tag):
+    # The glibc variants need GLIBC_2.38, absent on a Debian 12 host: they only
+    # run if the root really changed to the image's.
+    out = images.out("run", "--rm", f"busybox:{tag}", "busybox")
+    assert out.startswith(f"BusyBox v{tag.split('-')[0]}")
+
+
+def test_only_own_processes_visible(images):
+    out = images.out("run", "--rm", "alpine:3.20.3", "ps", "-o", "pid,comm")
+    rows = [line.split() for line in out.strip().splitlines()[1:]]
+    assert rows == [["1", "ps"]], out
+
+
+def test_hostname_defaults_to_short_id_and_flag_sets_it(images):
+    out = images.out("run", "--rm", "alpine:3.20.3", "cat", "/etc/hostname", "/proc/sys/kernel/hostname")
+    first, second = out.split()
+    assert first == second and len(first) == 12 and all(c in "0123456789abcdef" for c in first)
+    assert images.out("run", "--rm", "--hostname", "box1", "alpine:3.20.3", "hostname").strip() == "box1"
+
+
+def test_etc_files_are_per_container(images):
+    out = images.out("run", "--rm", "-h", "web", "alpine:3.20.3", "cat", "/etc/hosts")
+    assert "localhost" in out and "web" in out
+
+
+@pytest.mark.parametrize("code", [0, 3])
+def test_exit_code_passes_through(images, code):
+    assert images("run", "--rm", "alpine:3.20.3", "sh", "-c", f"exit {code}").returncode == code
+
+
+def test_not_found_is_127_and_not_executable_is_126(images):
+    p = images("run", "--rm", "alpine:3.20.3", "no-such-program")
+    assert p.returncode == 127, p.stderr
+    assert b"no-such-program" in p.stderr
+    p = images("run", "--rm", "alpine:3.20.3", "/etc/passwd")
+    assert p.returncode == 126, p.stderr
+    p = images("run", "--rm", "alpine:3.20.3", "/etc")
+    assert p.returncode == 126, p.stderr
+
+
+def test_sigkill_of_pid1_from_host_gives_137(images):
+    p = subprocess.Popen(images.argv("run", "--name", "victim", "alpine:3.20.3", "sh", "-c", "echo up; sleep 60"),
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        assert p.stdout.readline() == b"up\n"
+        recs = [json.loads((d / "container.json").read_text()) for d in (images.root / "containers").iterdir()]
+        pid = next(r["Pid"] for r in recs if r["Name"] == "victim")
+        os.kill(pid, signal.SIGKILL)
+        assert p.wait(timeout=30) == 137
+    finally:
+        p.kill()
+        p.wait()
+        images("rm", "-f", "victim")
+
+
+def test_stdio_is_byte_exact(images):
+    blob = bytes(range(256)) * 4096 + b"\x00no newline"
+    p = images("run", "--rm", "-i", "alpine:3.20.3", "cat", input=blob)
+    assert p.returncode == 0 and p.stdout == blob
+    p = images("run", "--rm", "alpine:3.20.3", "sh", "-c", "printf out; printf err >&2")
+    assert (p.stdout, p.stderr) == (b"out", b"err")
+
+
+def test_stdin_is_empty_without_i(images):
+    p = images("run", "--rm", "alpine:3.20.3", "cat", input=b"should not arrive")
+    assert p.returncode == 0 and p.stdout == b""
+
+
+def test_volume_rw_and_ro(images, tmp_path):
+    vol = tmp_path / "vol"
+    vol.mkdir()
+    images.out("run", "--rm", "-v", f"{vol}:/data", "alpine:3.20.3", "sh", "-c", "echo hello > /data/f")
+    assert (vol / "f").read_text() == "hello\n"
+    p = images("run", "--rm", "-v", f"{vol}:/data:ro", "alpine:3.20.3", "sh", "-c", "echo x > /data/g")
+    assert p.returncode != 0 and b"Read-only file system" in p.stderr
+    assert not (vol / "g").exists()
+
+
+def test_read_only_root(images):
+    p = images("run", "--rm", "--read-only", "alpine:3.20.3", "touch", "/x")
+    assert p.returncode != 0 and b"Read-only file system" in p.stderr
+    # /dev/shm and /tmp-like mounts given by the user stay writable
+    images.out("run", "--rm", "--read-only", "--tmpfs", "/tmp", "alpine:3.20.3", "touch", "/tmp/x", "/dev/shm/y")
+
+
+def test_changes_stay_in_the_container(images):
+    images.out("run", "--rm", "alpine:3.20.3", "sh", "-c",
+               "echo ketch-marker > /etc/motd; rm -rf /lib/apk; test ! -e /lib/apk")
+    out = images.out("run", "--rm", "alpine:3.20.3", "sh", "-c", "test -d /lib/apk && echo apk-present; cat /etc/motd")
+    assert "apk-present" in out and "ketch-marker" not in out
+
+
+def test_env_workdir_user_entrypoint(images):
+    out = images.out("run", "--rm", "-e", "FOO=bar", "-w", "/tmp", "-u", "nobody", "alpine:3.20.3",
+                     "sh", "-c", 'echo "$FOO $(pwd) $(id -un) $HOME"')
+    assert out.strip() == "bar /tmp nobody /"
+    out = images.out("run", "--rm", "--entrypoint", "echo", "alpine:3.20.3", "a", "b")
+    assert out == "a b\n"
+
+
+def test_masked_and_readonly_proc_paths(images):
+    out = images.out("run", "--rm", "alpine:3.20.3", "sh", "-c",
+                     "wc -c < /proc/kcore; echo 1 > /proc/sys/kernel/domainname 2>/dev/null || echo ro")
+    assert out.split() == ["0", "ro"]
+
+
+def test_tty_sees_window_size(images):
+    pid, master = pty.fork()
+    if pid == 0:
+        fcntl.ioctl(0, termios.TIOCSWINSZ, struct.pack("HHHH", 33, 77, 0, 0))
+        os.execv(images.argv()[0], images.argv("run", "--rm", "-t", "alpine:3.20.3", "sh", "-c",
+                                               "stty size; tty")[0:])
+    out = b""
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        r, _, _ = select.select([master], [], [], 1)
+        if r:
+            try:
+                data = os.read(master, 4096)
+            except OSError:
+                break
+            if not data:
+                break
+            out += data
+    _, status = os.waitpid(pid, 0)
+    os.close(master)
+    assert os.waitstatus_to_exitcode(status) == 0, out
+    assert b"33 77" in out and b"/dev/pts/0" in out, out
+
+
+def test_bad_input_errors(images, tmp_path):
+    p = images("run", "--rm", "nosuchimage:1")
+    assert p.returncode == 125 and b"nosuchimage" in p.stderr
+    p = images("run", "--rm", "Bad//Ref", "true")
+    assert p.returncode == 125
+    p = images("run", "--rm", "--mount", f"type=bind,source={tmp_path}/missing,target=/x", "alpine:3.20.3", "true")
+    assert p.returncode == 125 and b"missing" in p.stderr
+    p = images("run", "--no-such-flag", "alpine:3.20.3")
+    assert p.returncode == 125 and b"no-such-flag" in p.stderr
+    # nothing half-created: no container records (every other test uses --rm or rm -f)
+    assert not any((images.root / "containers").glob("*/container.json"))
