@@ -82,6 +82,7 @@ class Snapshotter:
 
     # -- paths -------------------------------------------------------------------
     def _init(self) -> None:
+        os.makedirs(self.root.parent, exist_ok=True)
         for d in (self.root, self._layers, self._links, self._rw):
             try:
                 os.mkdir(d, 0o700)
