@@ -690,10 +690,8 @@ class ImageStore:
         self._remove_unused_snapshots(keep_chains)
 
     def _remove_unused_snapshots(self, keep: set[str]) -> None:
-        try:
-            from ketch.snapshot.overlay import Snapshotter
-        except ImportError:  # the snapshotter is not there yet: nothing was unpacked by it
-            return
+        """Unpacked layers of deleted images go too (every chain prefix of a kept image is kept)."""
+        from ketch.snapshot.overlay import Snapshotter
         Snapshotter(self.paths.snapshots).remove_unused(keep)
 
     def layer_info(self, layer_digest: str) -> dict | None:
