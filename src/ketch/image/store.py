@@ -405,7 +405,7 @@ class ImageStore:
         """Every image (tagged and dangling), newest ``created`` first."""
         db = self._load()
         imgs = [self._image(d, r, db["layers"]) for d, r in db["images"].items()]
-        imgs.sort(key=lambda i: (i.config.created or "", i.added), reverse=True)
+        imgs.sort(key=lambda i: (created_time(i.config.created) or 0.0, i.added), reverse=True)
         return imgs
 
     def get(self, manifest_digest: str) -> Image:
