@@ -282,6 +282,30 @@ def test_many_layers_exceed_one_page(base, nlayers):
     snaps.remove_rw("many")
 
 
+def test_keys_are_single_path_components(base):
+    snaps = Snapshotter(base / "snapshots")
+    for bad in ["", "../x", "a/b", ".hidden", "x" * 200]:
+        with pytest.raises(ValueError):
+            snaps.prepare_rw(bad)
+        with pytest.raises(ValueError):
+            snaps.remove_rw(bad)
+    assert not (base / "x").exists()
+
+
+def test_root_path_with_overlay_separators(base):
+    snaps = Snapshotter(base / "odd,dir:name")
+    blobs = Blobs(base / "blobs")
+    lowers = snaps.ensure_image(blobs, blobs.image([tar(("f", "a", b"1")), tar(("f", "b", b"2"))]))
+    target = base / "rootfs"
+    mounted(snaps, lowers, "c", target)
+    try:
+        assert sorted(os.listdir(target)) == ["a", "b"]
+        (target / "c").write_text("3")
+        assert (base / "odd,dir:name/rw/c/upper/c").read_text() == "3"
+    finally:
+        snaps.unmount(target)
+
+
 def test_image_without_layers_mounts_empty_root(base):
     snaps = Snapshotter(base / "snapshots")
     blobs = Blobs(base / "blobs")

@@ -400,6 +400,16 @@ def test_whiteout_then_recreated(tmp_path):
     assert os.path.isdir(d / "d") and opaque(d / "d")
 
 
+@needs_root
+def test_whiteout_then_entry_below_it(tmp_path):
+    d = apply(tmp_path, Tar().file(".wh.d").file("d/x", b"1").bytes())
+    assert (d / "d/x").read_bytes() == b"1" and opaque(d / "d")
+
+
+def test_entry_below_a_file_refused(tmp_path):
+    refused(tmp_path, Tar().file("f", b"1").file("f/x", b"2").bytes(), "not a directory")
+
+
 def test_aufs_metadata_skipped_and_bad_whiteout_refused(tmp_path):
     d = apply(tmp_path, Tar().file(".wh..wh.plnk/123.456").file(".wh..wh.aufs").file("a", b"1").bytes())
     assert sorted(os.listdir(d)) == ["a"]

@@ -658,8 +658,17 @@ class _Writer:
             st = os.lstat(base, dir_fd=pfd)
             if stat.S_ISLNK(st.st_mode):
                 raise LayerError(f"{_show(rel)} is a symlink: refusing to write through it") from None
-            if stat.S_ISCHR(st.st_mode) and st.st_rdev == 0 and not create:
-                return None  # whited out in this layer
+            if stat.S_ISCHR(st.st_mode) and st.st_rdev == 0:
+                if not create:
+                    return None  # whited out in this layer
+                # Deleted (lower) and recreated here without its own entry: an opaque dir.
+                os.unlink(base, dir_fd=pfd)
+                os.mkdir(base, 0o700, dir_fd=pfd)
+                self._dirs[rel] = _Meta(0o755, 0, 0, None, None, None)
+                fd = os.open(base, _O_DIR, dir_fd=pfd)
+                self._fds[rel] = fd
+                os.setxattr(fd, OPAQUE_XATTR, b"y")
+                return fd
             raise LayerError(f"{_show(rel)} is not a directory") from None
         self._fds[rel] = fd
         return fd
