@@ -228,6 +228,8 @@ def test_trailing_data_counts_in_diff_id(tmp_path):
 @pytest.mark.parametrize("mangle,match", [
     (lambda b: gzip.compress(b)[:-30], "truncated|corrupt"),
     (lambda b: gzip.compress(b)[:10] + b"garbage" * 20, "corrupt|truncated"),
+    (lambda b: zstandard.ZstdCompressor().compress(b)[:-40], "truncated|corrupt"),
+    (lambda b: lzma.compress(b)[:-40], "truncated|corrupt"),
     (lambda b: b[:700], "truncated"),
     (lambda b: b"not a tar at all".ljust(1024, b"x"), "corrupt|not a tar"),
     (lambda b: b[:148] + b"0000000\x00" + b[156:], "checksum"),

@@ -50,7 +50,6 @@ import base64
 import bz2
 import errno
 import hashlib
-import io
 import lzma
 import os
 import queue
@@ -150,22 +149,51 @@ def _gunzip(read: Callable[[int], bytes], buf: bytes) -> Iterator[bytes]:
             raise LayerError("truncated gzip stream")
 
 
-def _unzstd(f: BinaryIO, first: bytes) -> Iterator[bytes]:
-    """Decompress a zstd stream (RFC 8878), all frames."""
+def _unzstd(read: Callable[[int], bytes], buf: bytes) -> Iterator[bytes]:
+    """Decompress a zstd stream (RFC 8878) of one or more frames.
+
+    Input goes in 8 KiB slices, which bounds one call's output (a zstd block
+    expands at most 32768×, so ≤ 256 MiB even for a hostile stream); outputs
+    are gathered into ~1 MiB chunks.  A stream that ends inside a frame is
+    reported as truncated.
+    """
     import zstandard  # a declared dependency; imported only when a zstd layer shows up
 
-    src = _Prefixed(first, f)
+    dctx = zstandard.ZstdDecompressor()
+    d = dctx.decompressobj()
+    fed = False
+    pending: list[bytes] = []
+    have = 0
     try:
-        reader = zstandard.ZstdDecompressor().stream_reader(
-            src, read_size=_IN_CHUNK, read_across_frames=True)
         while True:
-            out = reader.read(_OUT_MAX)
-            if not out:
-                break
-            yield out
+            if not buf:
+                buf = read(_IN_CHUNK)
+                if not buf:
+                    break
+            mv = memoryview(buf)
+            buf = b""
+            for i in range(0, len(mv), 8192):
+                piece = mv[i:i + 8192]
+                while piece:
+                    out = d.decompress(piece)
+                    fed = True
+                    if out:
+                        pending.append(out)
+                        have += len(out)
+                    if d.eof:  # next frame (or trailing bytes) follows
+                        piece = d.unused_data
+                        d = dctx.decompressobj()
+                        fed = False
+                    else:
+                        piece = b""
+                if have >= (1 << 20):
+                    yield b"".join(pending)
+                    pending, have = [], 0
     except zstandard.ZstdError as e:
         raise LayerError(f"corrupt zstd stream: {e}") from None
-    if src.pending:
+    if pending:
+        yield b"".join(pending)
+    if fed:
         raise LayerError("truncated zstd stream")
 
 
@@ -191,29 +219,6 @@ def _unlzma(read: Callable[[int], bytes], buf: bytes, make) -> Iterator[bytes]:
         buf = b""
         if out:
             yield out
-
-
-class _Prefixed(io.RawIOBase):
-    """A readable that yields ``first`` then the rest of ``f``; notes whether input was left."""
-
-    def __init__(self, first: bytes, f: BinaryIO):
-        self._first = first
-        self._f = f
-        self.pending = False
-
-    def readable(self) -> bool:
-        return True
-
-    def read(self, n: int = -1) -> bytes:
-        if self._first:
-            out, self._first = self._first, b""
-            return out
-        return self._f.read(n if n and n > 0 else _IN_CHUNK)
-
-    def readinto(self, b) -> int:  # pragma: no cover - zstandard uses read()
-        data = self.read(len(b))
-        b[:len(data)] = data
-        return len(data)
 
 
 class _Stream:
@@ -244,7 +249,7 @@ class _Stream:
         if kind == "gzip":
             yield from _gunzip(read, first)
         elif kind == "zstd":
-            yield from _unzstd(self._f, first)
+            yield from _unzstd(read, first)
         elif kind == "xz":
             yield from _unlzma(read, first, lzma.LZMADecompressor)
         elif kind == "bzip2":
@@ -282,9 +287,11 @@ class _Stream:
         return item
 
     def drain(self) -> None:
-        """Consume (and so digest) the rest of the stream: trailing blocks count in the diff ID."""
+        """Consume (and so digest) the rest of the stream: trailing blocks count in the diff ID.
+        Returns once the worker thread has ended."""
         while self.get():
             pass
+        self._thread.join()
 
     def close(self) -> None:
         """Stop the worker, unblocking it if it waits on a full queue."""
