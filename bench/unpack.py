@@ -15,7 +15,7 @@ one gzip layer.  All three tools then unpack *that same blob*:
 * umoci: ``umoci unpack --image LAYOUT:bookworm BUNDLE``;
 * tar: ``tar -xzf BLOB -C DIR`` (as root: owners and modes kept).
 
-Each round runs the three in a rotating order, each after ``sync`` and a short
+After an untimed warm-up round, each round runs the three in a rotating order, each after ``sync`` and a short
 pause (the disk's writeback otherwise leaks into the next timing), and the
 outputs are deleted between rounds.  Printed: every wall time, the median, the
 CPU time (user + system of the tool's processes: steadier than wall time on a
@@ -96,6 +96,7 @@ def settle() -> None:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--runs", type=int, default=5, help="rounds (each runs all three tools)")
+    ap.add_argument("--warmup", type=int, default=1, help="untimed rounds first (page cache, VM memory)")
     ap.add_argument("--cache", type=Path, default=Path("/var/cache/ketch-bench"))
     ap.add_argument("--workdir", type=Path, default=Path("/var/tmp"),
                     help="where outputs go (same filesystem as a real snapshot root)")
@@ -115,6 +116,12 @@ def main() -> int:
     cpu: dict[str, list[float]] = {n: [] for n in names}  # user + system, all processes
     work = Path(tempfile.mkdtemp(prefix="ketch-bench-", dir=args.workdir))
     try:
+        for w in range(args.warmup):
+            out = work / f"warmup{w}"
+            out.mkdir()
+            for n, cmd in commands(layout, blob, diff_id, out).items():
+                subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+            shutil.rmtree(out)
         for r in range(args.runs):
             out = work / f"round{r}"
             out.mkdir()
