@@ -534,6 +534,26 @@ def test_directory_mode_applied_last_even_if_readonly(tmp_path):
     os.chmod(d / "ro", 0o755)  # let tmp_path cleanup work without root
 
 
+def test_global_pax_header_ignored(tmp_path):
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT,
+                      pax_headers={"comment": "abc123", "path": "renamed"}) as tf:
+        ti = tarfile.TarInfo("f")
+        ti.size = 1
+        tf.addfile(ti, io.BytesIO(b"1"))
+    d = apply(tmp_path, raw.getvalue())
+    assert os.listdir(d) == ["f"]
+
+
+def test_nul_in_pax_linkpath_refused(tmp_path):
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tf:
+        ti = tarfile.TarInfo("s")
+        ti.type, ti.pax_headers = tarfile.SYMTYPE, {"linkpath": "a\x00b"}
+        tf.addfile(ti)
+    refused(tmp_path, raw.getvalue(), "null|NUL")
+
+
 def test_pax_records_parser():
     recs = unpack._parse_pax(b"12 path=a/b\n20 SCHILY.xattr.k=v\n")
     assert recs == {b"path": b"a/b", b"SCHILY.xattr.k": b"v"}

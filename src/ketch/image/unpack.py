@@ -384,7 +384,6 @@ class _TarReader:
         self._pos = 0
         self._left = 0      # data bytes of the current member not consumed yet
         self._pad = 0       # padding after them
-        self._global: dict[bytes, bytes] = {}
 
     # -- buffer ---------------------------------------------------------------------
     def _fill(self) -> bool:
@@ -485,12 +484,14 @@ class _TarReader:
                 signed = sum(struct.unpack("148b8x356b", hdr)) + 8 * 32
                 if signed != want:
                     raise LayerError("corrupt tar header: checksum mismatch (not a tar archive?)")
-            if typ == b"x" or typ == b"g":
+            if typ == b"x":
                 recs = _parse_pax(self._member_data(size_n))
-                if typ == b"g":
-                    self._global.update(recs)
-                else:
-                    pax = recs if pax is None else {**pax, **recs}
+                pax = recs if pax is None else {**pax, **recs}
+                continue
+            if typ == b"g":
+                # Global PAX records (git archive's commit id …) are ignored, as
+                # containerd and Docker do: none of them may rename or resize members.
+                _parse_pax(self._member_data(size_n))
                 continue
             if typ == b"L":
                 longname = _nts(self._member_data(size_n))
@@ -524,8 +525,6 @@ class _TarReader:
         e.size = size_n
         e.atime_ns = None
         e.xattrs = None
-        if self._global:
-            pax = {**self._global, **pax} if pax else self._global
         if pax:
             self._apply_pax(e, pax)
         if typ in _HEADER_ONLY:
@@ -1076,6 +1075,8 @@ def _apply(f: BinaryIO, dest: bytes, parents: list[Path], diff_id: str | None) -
                 raise
             except OSError as err:
                 raise LayerError(f"layer entry {_show(name)}: {err.strerror or err}") from err
+            except (ValueError, OverflowError) as err:  # NUL in a link name, uid beyond 2³²…
+                raise LayerError(f"layer entry {_show(name)}: {err}") from err
             if len(w._fds) > w._max_fds:
                 w.trim_cache()
         name = b""
