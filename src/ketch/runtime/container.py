@@ -19,6 +19,7 @@ import fcntl
 import json
 import os
 import re
+import select
 import shutil
 import signal
 import socket
@@ -288,9 +289,19 @@ class Runtime:
         st = state.status()
         if not st.can_start():
             raise ContainerStateError(f"cannot start a container that is {st.value}: {cid}")
-        fd = os.open(state.fifo, os.O_RDONLY | os.O_CLOEXEC)
+        # Non-blocking open plus a poll that notices PID 1 dying, instead of a
+        # blocking open that would wait forever for a writer that is gone.
+        fd = os.open(state.fifo, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        data = b""
         try:
-            data = os.read(fd, 1)
+            poller = select.poll()
+            poller.register(fd, select.POLLIN)
+            while True:
+                if poller.poll(100):
+                    data = os.read(fd, 1)
+                    break
+                if state.status() == Status.STOPPED:
+                    break
         finally:
             os.close(fd)
         state.fifo.unlink(missing_ok=True)

@@ -18,11 +18,13 @@ The steps, in order, and why (runc's ``standard_init_linux.go``):
 5. hostname, domainname, sysctls (before 6, which makes /proc/sys read-only);
 6. masked and read-only paths, read-only root (after /dev/console, a mount
    point a read-only root could not create);
-7. find the executable in the container's PATH *before* reporting ready, so a
-   missing program fails ``create`` with 127/126 as Docker reports it;
-8. rlimits, oom_score_adj, working directory, groups/gid/uid, umask,
-   no_new_privs;
-9. report Ready, block opening the exec fifo until ``start``, then execve.
+7. rlimits, oom_score_adj, working directory; find the executable in the
+   container's PATH *before* reporting ready, so a missing program fails
+   ``create`` with 127/126 as Docker reports it;
+8. report Ready, block opening the exec fifo until ``start``;
+9. groups/gid/uid, umask, no_new_privs (after the fifo: a process that
+   changed its UID is not dumpable and cannot reopen ``/proc/self/fd/N``),
+   then execve.
 """
 
 from __future__ import annotations
@@ -92,23 +94,24 @@ def container_init(spec: Spec, rootfs: str, chan: Channel, fifo_fd: int,
             os.chdir(proc.cwd)
         except OSError as e:
             raise ExecError(f"chdir to cwd ({proc.cwd!r}) set in config.json failed: {e.strerror}", 126) from None
-        user = proc.user
-        os.setgroups(list(user.additionalGids))
-        os.setgid(user.gid)
-        os.setuid(user.uid)
-        if user.umask is not None:
-            os.umask(user.umask)
-        else:
-            os.umask(0o022)
-        # Looked up as the container user, so permission errors are the user's.
+        # Found before Ready so a missing program fails `create` (127/126) as
+        # Docker reports it; found as root, so the user's own permission is
+        # checked by execve itself.
         path = find_executable(proc.args[0], env.get("PATH", ""))
-        if proc.noNewPrivileges:
-            sc.prctl(sc.PR_SET_NO_NEW_PRIVS, 1)
         chan.send(Ready())
+        # Block until `start`.  Before dropping privileges: a non-root process
+        # is not dumpable and may not reopen /proc/self/fd/N.
         fd = os.open(f"/proc/self/fd/{fifo_fd}", os.O_WRONLY | os.O_CLOEXEC)
         os.write(fd, b"0")
         os.close(fd)
         os.close(fifo_fd)
+        user = proc.user
+        os.setgroups(list(user.additionalGids))
+        os.setgid(user.gid)
+        os.setuid(user.uid)
+        os.umask(0o022 if user.umask is None else user.umask)
+        if proc.noNewPrivileges:
+            sc.prctl(sc.PR_SET_NO_NEW_PRIVS, 1)
         code = 126
         try:
             os.execve(path, list(proc.args), env)
