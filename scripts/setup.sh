@@ -28,6 +28,10 @@ if [ ! -x .venv/bin/python ]; then
     /usr/bin/python3 -m venv .venv
 fi
 .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]' --config-settings editable_mode=compat
+# Bytecode now, as a regular install would: start-up is most of a short container's
+# life, and PYTHONDONTWRITEBYTECODE (set on some machines) would otherwise make every
+# run compile ketch's sources again.
+.venv/bin/python -m compileall -q src >/dev/null
 # `ketch` on PATH for the README's commands.
 ln -sf "$(pwd)/.venv/bin/ketch" /usr/local/bin/ketch
 echo "setup.sh: ready: $(command -v ketch)"
