@@ -185,3 +185,46 @@ def test_bad_input_errors(images, tmp_path):
     assert p.returncode == 125 and b"no-such-flag" in p.stderr
     # nothing half-created: no container records (every other test uses --rm or rm -f)
     assert not any((images.root / "containers").glob("*/container.json"))
+
+
+def test_only_loopback_network(images):
+    out = images.out("run", "--rm", "alpine:3.20.3", "sh", "-c", "ip -o link | cut -d: -f2; ip -o addr show lo")
+    lines = out.splitlines()
+    assert lines[0].strip() == "lo" and "127.0.0.1/8" in out, out
+    assert len([x for x in lines if "link" not in x and x.strip() and ":" not in x]) == 1, out
+
+
+def test_env_file_tmpfs_mount_and_interactive(images, tmp_path):
+    envf = tmp_path / "env"
+    envf.write_text("# comment\nA=from-file\nB=also\n")
+    out = images.out("run", "--rm", "--env-file", str(envf), "-e", "B=flag",
+                     "--mount", "type=tmpfs,target=/scratch,tmpfs-size=1m",
+                     "alpine:3.20.3", "sh", "-c", 'echo "$A $B"; df -k /scratch | tail -1; touch /scratch/ok')
+    first, df = out.splitlines()
+    assert first == "from-file flag"
+    assert df.split()[1] == "1024", df
+    p = images("run", "--rm", "-i", "alpine:3.20.3", "sh", "-c", "read x; echo got:$x", input=b"hi\n")
+    assert p.stdout == b"got:hi\n"
+
+
+def test_corrupt_layer_blob_is_refused_and_leaves_nothing(ketch_cli):
+    from tests.conftest import SHARED_IMAGES
+    if not SHARED_IMAGES.is_dir():
+        pytest.skip(f"test images not found at {SHARED_IMAGES}")
+    ketch_cli.out("pull", "-q", f"oci:{SHARED_IMAGES / 'alpine'}:3.20.3")
+    inspect = json.loads(ketch_cli.out("image", "inspect", "alpine:3.20.3"))[0]
+    manifest_layers = [p for p in (ketch_cli.root / "content" / "blobs" / "sha256").iterdir()
+                       if p.stat().st_size > 1_000_000]
+    assert len(manifest_layers) == 1 and inspect["RootFS"]["Layers"]
+    blob = manifest_layers[0]
+    data = bytearray(blob.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    blob.write_bytes(bytes(data))
+    p = ketch_cli("run", "--rm", "alpine:3.20.3", "true")
+    assert p.returncode == 125, p.stderr
+    err = p.stderr.decode().strip()
+    assert len(err.splitlines()) == 1 and "sha256:" in err, err
+    assert blob.name[:12] in err, f"the error should name the layer {blob.name}: {err}"
+    snaps = ketch_cli.root / "snapshots"
+    assert not list(snaps.glob("layers/*")) and not list(snaps.glob("rw/*"))
+    assert not list(ketch_cli.root.glob("containers/*"))
