@@ -228,3 +228,31 @@ def test_corrupt_layer_blob_is_refused_and_leaves_nothing(ketch_cli):
     snaps = ketch_cli.root / "snapshots"
     assert not list(snaps.glob("layers/*")) and not list(snaps.glob("rw/*"))
     assert not list(ketch_cli.root.glob("containers/*"))
+
+
+def test_signals_are_proxied_to_the_container(images):
+    p = subprocess.Popen(images.argv("run", "--rm", "alpine:3.20.3", "sh", "-c",
+                                     "trap 'echo got-term; exit 7' TERM; echo ready; while :; do sleep 0.1; done"),
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        assert p.stdout.readline() == b"ready\n"
+        p.send_signal(signal.SIGTERM)
+        assert p.wait(timeout=30) == 7
+        assert p.stdout.read() == b"got-term\n"
+    finally:
+        p.kill()
+        p.wait()
+
+
+def test_container_without_rm_is_kept_until_rm(images):
+    assert images("run", "--name", "kept", "alpine:3.20.3", "sh", "-c", "echo data > /kept-file; exit 4").returncode == 4
+    ps = images.out("ps", "-a")
+    assert "kept" in ps and "Exited (4)" in ps
+    assert "kept" not in images.out("ps")
+    p = images("run", "--name", "kept", "alpine:3.20.3", "true")
+    assert p.returncode == 125 and b"already in use" in p.stderr
+    assert images.out("rm", "kept").strip() == "kept"
+    assert "kept" not in images.out("ps", "-a")
+    assert not list(images.root.glob("snapshots/rw/*"))
+    p = images("rm", "kept")
+    assert p.returncode != 0 and b"No such container" in p.stderr
