@@ -256,25 +256,36 @@ class Runtime:
         os.close(fifo_fd)
         for _, fd in joins:
             os.close(fd)
+        # The intermediate's Pid and the init's Ready/Error share the channel and
+        # may arrive in either order (the init can be scheduled first).
+        pid: int | None = None
+        final: sync.Message | None = None
         try:
-            first = parent.recv()
-            os.waitpid(inter, 0)
-            if isinstance(first, sync.Error):
-                sync.raise_error(first)
-            if not isinstance(first, sync.Pid):
-                raise KetchError(f"container init: unexpected message {first!r}")
-            pid = first.pid
             try:
-                msg = parent.recv()
+                while pid is None or final is None:
+                    msg = parent.recv()
+                    if msg is None:  # every sender gone
+                        break
+                    if isinstance(msg, sync.Pid) and pid is None:
+                        pid = msg.pid
+                    elif isinstance(msg, (sync.Ready, sync.Error)) and final is None:
+                        final = msg
+                    else:
+                        raise KetchError(f"container init: unexpected message {msg!r}")
             except BaseException:
-                _kill_quietly(pid)
+                if pid is not None:
+                    _kill_quietly(pid)
+                    if subreaper:
+                        _reap(pid)
                 raise
-            if isinstance(msg, sync.Ready):
+            finally:
+                os.waitpid(inter, 0)
+            if pid is not None and isinstance(final, sync.Ready):
                 return pid
-            if subreaper:
+            if pid is not None and subreaper:
                 _reap(pid)
-            if isinstance(msg, sync.Error):
-                sync.raise_error(msg)
+            if isinstance(final, sync.Error):
+                sync.raise_error(final)
             raise KetchError("container init exited before it was ready")
         finally:
             parent.close()

@@ -14,7 +14,10 @@ role)::
       write state.json                                        open(exec.fifo, O_WRONLY)
     start: open(exec.fifo, O_RDONLY) ─────────────────────────▶ execve(process)
 
-The init's end is ``SOCK_CLOEXEC``: after ``execve`` the parent reads EOF.
+Both children write to the same socket, so ``Pid`` and the init's ``Ready``
+or ``Error`` can arrive in either order: the parent reads until it has both
+(or EOF).  The init's end is ``SOCK_CLOEXEC``: after ``execve`` the parent
+reads EOF.
 """
 
 from __future__ import annotations
