@@ -35,6 +35,7 @@ COMMANDS: dict[str, str] = {
     "load": "images",
     "import": "images",
     "inspect": "images",
+    "compat": "compat",
 }
 
 

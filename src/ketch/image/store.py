@@ -228,6 +228,45 @@ class ContentStore:
             return BlobInfo(digest, len(data))
         return self.ingest(io.BytesIO(data), BlobInfo(digest, len(data)))
 
+    def partial_path(self, digest: str) -> Path:
+        """Where a download of blob ``digest`` keeps its bytes until complete
+        (``blobs/sha256/.ingest-partial-<hex>``; removed by GC after an hour like
+        any ``.ingest-*`` file).  Creates the layout."""
+        self.init()
+        return self.blobs / (".ingest-partial-" + check_digest(digest)[7:])
+
+    def commit_partial(self, tmp: Path, expected: Descriptor | BlobInfo, hasher: Any,
+                       *, source: str | None = None) -> BlobInfo:
+        """Move the completely written file ``tmp`` (in ``blobs/``) into place as blob ``expected``.
+
+        ``hasher`` is a ``hashlib.sha256()`` object that was fed exactly the
+        file's bytes as they were written, so the file need not be read again.
+        The size (``stat``) and digest must match ``expected``; otherwise
+        :class:`DigestMismatch` (naming ``source``) is raised and ``tmp`` is
+        removed.  The file is fsynced before an atomic rename.
+        """
+        want = check_digest(expected.digest)
+        got = "sha256:" + hasher.hexdigest()
+        try:
+            fd = os.open(tmp, os.O_RDONLY)
+            try:
+                n = os.fstat(fd).st_size
+                if got != want or n != expected.size:
+                    where = f" ({source})" if source else ""
+                    raise DigestMismatch(f"blob {want}{where}: digest mismatch: got {n} bytes with digest "
+                                         f"{got}, want {expected.size} bytes")
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.chmod(tmp, 0o644)
+            os.replace(tmp, self.blobs / want[7:])
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+        _fsync_dir(self.blobs)
+        return BlobInfo(want, expected.size)
+
     def copy_in(self, src: Path | str, expected: Descriptor | BlobInfo) -> bool:
         """Copy the file ``src`` in as blob ``expected`` unless already stored with that size.
 
