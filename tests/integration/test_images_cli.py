@@ -191,8 +191,12 @@ def test_oci_archive_round_trip(fresh):
 
 def test_errors_are_one_line_and_add_nothing(full, fresh):
     k, d = fresh
-    assert "pulling from registries is not supported yet: docker.io/library/alpine:latest" in k.fails("pull", "alpine")
-    assert "docker.io/library/busybox:1.37.0-musl" in k.fails("pull", "docker.io/library/busybox:1.37.0-musl")
+    import socket
+    with socket.socket() as s:  # a loopback port nobody listens on: registries are tested in test_registry.py
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    assert f"registry 127.0.0.1:{port} unreachable" in k.fails("pull", f"127.0.0.1:{port}/alpine")
+    assert f"registry 127.0.0.1:{port} unreachable" in k.fails("pull", f"docker://127.0.0.1:{port}/busybox:1.37.0-musl")
     assert f'no image tagged "9.9"' in k.fails("pull", f"oci:{ALPINE}:9.9")
     assert f"{d}/nope: no such directory" in k.fails("pull", f"oci:{d}/nope:1")
     assert "holds 6 images" in k.fails("pull", f"oci:{ALPINE}")

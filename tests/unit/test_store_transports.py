@@ -120,10 +120,14 @@ def test_parse_source_errors(text, err, msg):
         tr.parse_source(text)
 
 
-def test_registry_pull_is_a_clear_error(store):
-    with pytest.raises(ImageError, match="^pulling from registries is not supported yet: "
-                                         "docker.io/library/alpine:latest"):
-        tr.pull(store, "alpine")
+def test_registry_pull_unreachable_is_a_clear_error(store):
+    import socket
+    with socket.socket() as s:  # a loopback port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with pytest.raises(ImageError, match=f"^registry 127.0.0.1:{port} unreachable: connection refused$"):
+        tr.pull(store, f"127.0.0.1:{port}/alpine")
+    assert store.list() == []
 
 
 # --------------------------------------------------------------------------

@@ -15,7 +15,8 @@ import sys
 import time
 
 HELPS = {
-    "pull": "Copy an image into the local store (oci:DIR[:TAG], oci-archive:FILE[:TAG], docker-archive:FILE)",
+    "pull": "Download an image from a registry, or copy one in (oci:DIR[:TAG], oci-archive:FILE[:TAG], "
+            "docker-archive:FILE)",
     "images": "List images",
     "image": "Manage images (ls, rm, tag, pull, load, import, inspect, prune)",
     "tag": "Create a tag TARGET_IMAGE that refers to SOURCE_IMAGE",
@@ -91,19 +92,57 @@ def _print_error(msg: str) -> None:
 # pull
 
 
+def _bool(text: str) -> bool:
+    v = text.strip().lower()
+    if v in ("true", "1", "yes", "on"):
+        return True
+    if v in ("false", "0", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"invalid boolean value {text!r}")
+
+
 def configure_pull(p: argparse.ArgumentParser) -> None:
     p.add_argument("-q", "--quiet", action="store_true", help="print only the image name (or ID)")
     p.add_argument("-a", "--all-tags", action="store_true",
                    help="copy every tagged image of an oci:/oci-archive: layout")
+    p.add_argument("--platform", metavar="OS/ARCH[/VARIANT]",
+                   help="pull the image for this platform from a multi-platform registry image")
+    p.add_argument("--tls-verify", type=_bool, nargs="?", const=True, default=True, metavar="BOOL",
+                   help="check the registry's TLS certificate (default true; false also allows plain HTTP)")
     p.add_argument("source", metavar="SOURCE",
-                   help="oci:DIR[:TAG] | oci-archive:FILE[:TAG] | docker-archive:FILE[:NAME:TAG]")
+                   help="NAME[:TAG|@DIGEST] | docker://NAME[:TAG] | oci:DIR[:TAG] | oci-archive:FILE[:TAG] "
+                        "| docker-archive:FILE[:NAME:TAG]")
 
 
 def run_pull(args: argparse.Namespace, paths) -> int:
-    from ketch.image.transports import pull
+    from ketch.image.transports import parse_source, pull
+    src = parse_source(args.source)
+    if src.transport == "docker":
+        return _pull_registry(args, paths, src.path)
     results = pull(_store(paths), args.source, all_tags=args.all_tags)
     for r in results:
         _report_pull(r, args.quiet)
+    return 0
+
+
+def _pull_registry(args: argparse.Namespace, paths, ref_text: str) -> int:
+    """``docker pull`` output: progress lines while the layers arrive, then the name."""
+    from ketch.image.progress import PlainProgress
+    from ketch.image.reference import parse
+    from ketch.image.transports import pull
+    ref = parse(ref_text)
+    printer = None
+    if not args.quiet:
+        given = args.source.removeprefix("docker://")
+        if parse(given, default_tag=False).tag is None and ref.digest is None:
+            print("Using default tag: latest", flush=True)
+        printer = PlainProgress(sys.stdout)
+        printer.header(ref)
+    (r,) = pull(_store(paths), ref_text, all_tags=args.all_tags, platform=args.platform,
+                tls_verify=args.tls_verify, progress=printer)
+    if printer is not None:
+        printer.footer(r, ref)
+    print(r.names[0] if r.names else f"{ref.name}@{getattr(r, 'digest', r.image.manifest_digest)}")
     return 0
 
 

@@ -35,6 +35,8 @@ COMMANDS: dict[str, str] = {
     "load": "images",
     "import": "images",
     "inspect": "images",
+    "login": "registry",
+    "logout": "registry",
     "compat": "compat",
 }
 

@@ -16,8 +16,9 @@ Sources, written as skopeo and podman write them (containers-transports(5)):
   uncompressed tars), the config blob kept byte for byte so the image ID is
   Docker's.  Named by its ``RepoTags`` (or NAME:TAG given).
 * anything else that parses as an image reference (``alpine``,
-  ``docker.io/library/alpine:3``, ``docker://…``) means a registry, which is
-  not supported yet: :class:`~ketch.errors.ImageError` saying so.
+  ``docker.io/library/alpine:3``, ``docker://…``) means a registry:
+  :func:`ketch.image.registry.pull` (``platform``, ``tls_verify`` and
+  ``progress`` are for it alone).
 
 Every blob copied in is digest- and size-checked by
 :meth:`~ketch.image.store.ContentStore.ingest`; every layer's diff ID is
@@ -537,7 +538,8 @@ def _docker_image(store: ImageStore, arc: _TarArchive, entry: dict, names: list[
 # Public entry points
 
 
-def pull(store: ImageStore, source: str, all_tags: bool = False) -> list[PullResult]:
+def pull(store: ImageStore, source: str, all_tags: bool = False, *, platform: str | None = None,
+         tls_verify: bool = True, progress: Callable | None = None) -> list[PullResult]:
     """Bring the image(s) named by ``source`` (see the module doc) into ``store``.
 
     Returns one :class:`PullResult` per image (several only with
@@ -549,8 +551,10 @@ def pull(store: ImageStore, source: str, all_tags: bool = False) -> list[PullRes
     """
     src = parse_source(source)
     if src.transport == "docker":
-        raise ImageError(f"pulling from registries is not supported yet: {src.path} "
-                         "(use oci:DIR[:TAG], oci-archive:FILE[:TAG] or docker-archive:FILE)")
+        if all_tags:
+            raise ImageError(f"--all-tags is only supported for oci: and oci-archive: sources, not {src.path}")
+        from ketch.image import registry
+        return [registry.pull(store, src.path, platform=platform, tls_verify=tls_verify, progress=progress)]
     path = Path(os.path.abspath(src.path))
     if src.transport == "oci":
         return _pull_layout(store, _DirLayout(path), _base_name(src.path), src.ref, all_tags)
