@@ -181,7 +181,8 @@ class Engine:
         """
         from ketch.engine.spec import build_spec, create_bind_sources, make_hosts_files, make_workdir
 
-        image = self.images.resolve(image_ref)
+        from ketch.image.registry import resolve_or_pull
+        image = resolve_or_pull(self.images, image_ref)  # pulls, as Docker does, when absent
         rec = self.containers.create(image.id, image_ref, opts.name, opts.rm)
         cdir = self.containers.dir(rec.Id)
         rootfs = cdir / "rootfs"
