@@ -12,12 +12,22 @@ init cannot import anything, so nothing here may load lazily.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import os
 
 from ketch.errors import SyscallError
 
-_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+
+def _load_libc() -> ctypes.CDLL:
+    # glibc's soname first: ctypes.util.find_library runs `ldconfig -p` (a
+    # process, and the subprocess module) on every start-up.
+    try:
+        return ctypes.CDLL("libc.so.6", use_errno=True)
+    except OSError:  # another C library (musl: libc.so)
+        from ctypes.util import find_library
+        return ctypes.CDLL(find_library("c") or "libc.so", use_errno=True)
+
+
+_libc = _load_libc()
 
 # --- mount(2) flags, <sys/mount.h> --------------------------------------------------
 MS_RDONLY = 0x1
