@@ -17,19 +17,18 @@ from __future__ import annotations
 import fcntl
 import json
 import os
-import random
-import secrets
-import shutil
 import signal
-import socket
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Iterator
 
 from ketch.errors import ContainerNotFound, ContainerStateError
 from ketch.paths import Paths
+
+TYPE_CHECKING = False  # typing is not imported at run time: start-up is most of `run`
+if TYPE_CHECKING:
+    from typing import Any, Iterator
 
 _ADJECTIVES = ("admiring", "brave", "calm", "dazzling", "eager", "focused", "gallant", "happy",
                "jolly", "keen", "loving", "modest", "nifty", "optimistic", "quirky", "serene",
@@ -101,7 +100,7 @@ class ContainerStore:
                         f'"{taken[name]}". You have to remove (or rename) that container to be able to reuse that name.')
             else:
                 name = _random_name(set(taken))
-            cid = secrets.token_hex(32)
+            cid = os.urandom(32).hex()
             self.dir(cid).mkdir(mode=0o711)
             rec = ContainerRecord(Id=cid, Name=name, Image=image_id, ImageName=image_name,
                                   Created=now_iso(), AutoRemove=auto_remove)
@@ -109,6 +108,8 @@ class ContainerStore:
             return rec
 
     def save(self, rec: ContainerRecord) -> None:
+        """Replace the record (rename of a temp file; not fsynced: a record is
+        rewritten at every state change and rebuilt from nothing on loss)."""
         d = self.dir(rec.Id)
         tmp = d / "container.json.tmp"
         tmp.write_text(json.dumps(rec.to_json(), indent=1))
@@ -146,6 +147,7 @@ class ContainerStore:
 
 
 def _random_name(taken: set[str]) -> str:
+    import random
     rng = random.SystemRandom()
     while True:
         name = f"{rng.choice(_ADJECTIVES)}_{rng.choice(_NOUNS)}"
@@ -206,7 +208,7 @@ class Engine:
                 if size:
                     spec = spec.with_(process=replace(spec.process, consoleSize=size))
             (cdir / "config.json").write_text(json.dumps(spec.to_json(), indent=1))
-            code = self._run_process(rec, cdir, spec.process.terminal, opts)
+            code = self._run_process(rec, cdir, spec, opts)
         finally:
             if mounted:
                 self.snapshots.unmount(rootfs)
@@ -215,18 +217,22 @@ class Engine:
                 self._remove_files(rec.Id)
         return code
 
-    def _run_process(self, rec: ContainerRecord, bundle: Path, terminal: bool, opts: Any) -> int:
-        """Create, start and wait for the container's process; relay its terminal."""
+    def _run_process(self, rec: ContainerRecord, bundle: Path, spec: Any, opts: Any) -> int:
+        """Create, start and wait for the container's process; relay its terminal.
+        ``spec`` is what ``bundle/config.json`` holds (handed over, not read back)."""
         from ketch.runtime.container import wait_exit_code
-        from ketch.runtime.tty import recv_console, relay
 
+        terminal = spec.process.terminal
         stdin = 0 if opts.interactive else os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
         console_parent = console_child = None
         if terminal:
+            import socket
+
+            from ketch.runtime.tty import recv_console, relay
             console_parent, console_child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             state = self.runtime.create(rec.Id, bundle, stdio=(stdin, 1, 2),
-                                        console_socket=console_child, subreaper=True)
+                                        console_socket=console_child, subreaper=True, spec=spec)
         finally:
             if stdin != 0:
                 os.close(stdin)
@@ -260,6 +266,7 @@ class Engine:
         return code
 
     def _remove_files(self, cid: str) -> None:
+        import shutil
         self.snapshots.remove_rw(cid)
         shutil.rmtree(self.containers.dir(cid), ignore_errors=True)
 

@@ -11,15 +11,17 @@ Not supported yet (clear errors, later issues): named and anonymous volumes.
 
 from __future__ import annotations
 
-import csv
 import os
 import posixpath
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, fields
-from typing import Any
 
 from ketch.errors import UsageError
+
+TYPE_CHECKING = False  # typing is not imported at run time (start-up)
+if TYPE_CHECKING:
+    from typing import Any
 
 # Propagation modes accepted for binds (moby linuxPropagationModes).
 PROPAGATIONS = ("private", "rprivate", "slave", "rslave", "shared", "rshared")
@@ -389,6 +391,8 @@ def parse_mount(value: str, *, cwd: str | None = None) -> Mount:
     e.g. ``invalid mount config for type "bind": bind source path does not
     exist: /x``.
     """
+    import csv  # only --mount needs it
+
     flagerr = f'invalid argument "{value}" for "--mount" flag: '
     try:
         row = next(csv.reader([value]), [])

@@ -28,7 +28,7 @@ from __future__ import annotations
 import errno
 import os
 import stat
-from typing import NamedTuple
+from collections import namedtuple
 
 from ketch.errors import SpecError
 from ketch.fs import secure_join
@@ -39,36 +39,31 @@ MAX_ID = 2**31 - 1  # runc's maxID
 _READ_LIMIT = 64 << 20
 
 
-class PasswdEntry(NamedTuple):
-    """One line of passwd(5): ``name:password:uid:gid:gecos:home:shell``."""
+# collections.namedtuple, not typing.NamedTuple: typing is not imported at run time (start-up).
+class PasswdEntry(namedtuple("PasswdEntry", "name uid gid home shell")):
+    """One line of passwd(5): ``name:password:uid:gid:gecos:home:shell``
+    (``name: str, uid: int, gid: int, home: str, shell: str``)."""
 
-    name: str
-    uid: int
-    gid: int
-    home: str
-    shell: str
+    __slots__ = ()
 
 
-class GroupEntry(NamedTuple):
-    """One line of group(5): ``name:password:gid:member,member``."""
+class GroupEntry(namedtuple("GroupEntry", "name gid members")):
+    """One line of group(5): ``name:password:gid:member,member``
+    (``name: str, gid: int, members: tuple[str, ...]``)."""
 
-    name: str
-    gid: int
-    members: tuple[str, ...]
+    __slots__ = ()
 
 
-class ExecUser(NamedTuple):
-    """What the container process runs as: ``(uid, gid, additional_gids, home)``.
+class ExecUser(namedtuple("ExecUser", "uid gid additional_gids home")):
+    """What the container process runs as: ``(uid, gid, additional_gids, home)``
+    (``int, int, tuple[int, ...], str``).
 
     ``additional_gids`` starts with ``gid`` (as Docker writes
     ``process.user.additionalGids``); ``home`` is the passwd home directory,
     or ``/root`` for uid 0 and ``/`` otherwise when passwd has no entry.
     """
 
-    uid: int
-    gid: int
-    additional_gids: tuple[int, ...]
-    home: str
+    __slots__ = ()
 
 
 def read_file_in_root(rootfs: str | os.PathLike[str], path: str) -> str | None:

@@ -32,20 +32,21 @@ image with the same ID still has names, in which case it is dropped.
 from __future__ import annotations
 
 import contextlib
-import datetime as _dt
 import fcntl
 import json
 import os
 import re
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO, Iterable, Iterator
 
 from ketch.errors import DigestMismatch, ImageError, ImageNotFound, InvalidReference
 from ketch.oci.image import (ANNOTATION_REF_NAME, OCI_INDEX, OCI_MANIFEST, Descriptor, ImageConfig,
                              Manifest, chain_ids, check_digest)
+
+TYPE_CHECKING = False  # typing is not imported at run time (start-up)
+if TYPE_CHECKING:
+    from typing import Any, BinaryIO, Iterable, Iterator
 
 CHUNK = 1 << 20
 LAYOUT_VERSION = "1.0.0"
@@ -53,6 +54,7 @@ STRAY_GRACE_SECONDS = 3600  # unreferenced blobs younger than this may belong to
 
 
 def _now() -> str:
+    import datetime as _dt  # here, like tempfile below: `run` only reads the store
     return _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
@@ -67,6 +69,7 @@ def _fsync_dir(path: Path) -> None:
 def atomic_write(path: Path, data: bytes, mode: int = 0o644) -> None:
     """Replace ``path`` with ``data``: temp file in the same directory, fsync, rename, fsync dir."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    import tempfile
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
         with os.fdopen(fd, "wb") as f:
@@ -182,6 +185,7 @@ class ContentStore:
         want_size = expected.size if expected is not None else None
         h = hashlib.sha256()
         n = 0
+        import tempfile
         fd, tmp = tempfile.mkstemp(dir=self.blobs, prefix=".ingest-")
         try:
             with os.fdopen(fd, "wb") as out:
@@ -749,6 +753,7 @@ def created_time(created: str | None) -> float | None:
     """Seconds since the epoch of an RFC 3339 ``created`` (nanoseconds tolerated), or None."""
     if not created:
         return None
+    import datetime as _dt
     s = re.sub(r"(\.\d{6})\d+", r"\1", created.strip()).replace("Z", "+00:00")
     try:
         t = _dt.datetime.fromisoformat(s)

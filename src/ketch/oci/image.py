@@ -9,11 +9,13 @@ manifest.md, image-index.md, config.md).
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field
-from typing import Any
 
 from ketch.errors import ImageError
+
+TYPE_CHECKING = False  # typing is not imported at run time (start-up)
+if TYPE_CHECKING:
+    from typing import Any
 
 # Media types (image-spec media-types.md and Docker's schema 2).
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
@@ -44,6 +46,7 @@ ANNOTATION_REF_NAME = "org.opencontainers.image.ref.name"
 
 def sha256_digest(data: bytes) -> str:
     """Return ``"sha256:<64 hex>"`` of ``data``."""
+    import hashlib  # here: OpenSSL's _hashlib costs ~2 ms of every start-up
     return "sha256:" + hashlib.sha256(data).hexdigest()
 
 

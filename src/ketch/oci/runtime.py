@@ -13,9 +13,12 @@ masked and read-only paths; the engine starts from it.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Any
 
 from ketch.errors import SpecError
+
+TYPE_CHECKING = False  # typing is not imported at run time (start-up)
+if TYPE_CHECKING:
+    from typing import Any
 
 OCI_VERSION = "1.1.0"
 

@@ -28,12 +28,15 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 from ketch.errors import ContainerNotFound, ContainerStateError, KetchError, SpecError
 from ketch.linux import syscalls as sc
 from ketch.oci.runtime import OCI_VERSION, Spec
 from ketch.runtime import sync
+
+TYPE_CHECKING = False  # typing is not imported at run time (start-up)
+if TYPE_CHECKING:
+    from typing import Iterator
 
 _ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]{0,1023}$")
 
@@ -158,7 +161,7 @@ class Runtime:
     # ------------------------------------------------------------------ create
     def create(self, cid: str, bundle: Path | str, *, stdio: tuple[int, int, int] = (0, 1, 2),
                console_socket: socket.socket | None = None, pid_file: str | None = None,
-               subreaper: bool = False) -> State:
+               subreaper: bool = False, spec: Spec | None = None) -> State:
         """Create container ``cid`` from the bundle (``config.json`` + rootfs).
 
         Returns the state with status ``created``: PID 1 exists in its
@@ -166,6 +169,8 @@ class Runtime:
         process's fds 0–2 (ignored when the process has a terminal, whose
         master is sent over ``console_socket``).  ``subreaper``: make the
         caller PR_SET_CHILD_SUBREAPER so it can wait for PID 1 itself.
+        ``spec``: the bundle's ``config.json`` already parsed, from a caller
+        that has just written it (the engine), so it is not read back.
 
         Raises ContainerStateError if ``cid`` exists, SpecError for a bad
         config.json, ExecError (126/127) when the program cannot run,
@@ -173,12 +178,13 @@ class Runtime:
         left behind (state dir removed, PID 1 gone).
         """
         bundle = Path(bundle).resolve()
-        try:
-            spec = Spec.from_json(json.loads((bundle / "config.json").read_text()))
-        except FileNotFoundError:
-            raise SpecError(f"bundle {bundle}: config.json not found") from None
-        except json.JSONDecodeError as e:
-            raise SpecError(f"bundle {bundle}: config.json is not valid JSON: {e}") from None
+        if spec is None:
+            try:
+                spec = Spec.from_json(json.loads((bundle / "config.json").read_text()))
+            except FileNotFoundError:
+                raise SpecError(f"bundle {bundle}: config.json not found") from None
+            except json.JSONDecodeError as e:
+                raise SpecError(f"bundle {bundle}: config.json is not valid JSON: {e}") from None
         rootfs = spec.root.path if spec.root.path.startswith("/") else str(bundle / spec.root.path)
         if not os.path.isdir(rootfs):
             raise SpecError(f"root.path {rootfs} is not a directory")

@@ -37,8 +37,8 @@ import signal
 import socket
 import stat
 import struct
+import sys
 import termios
-import traceback
 
 from ketch.errors import ExecError, KetchError
 from ketch.linux import syscalls as sc
@@ -128,8 +128,17 @@ def container_init(spec: Spec, rootfs: str, chan: Channel, fifo_fd: int,
         where = f" {e.filename}" if getattr(e, "filename", None) else ""
         _fail(chan, f"container init: {e.strerror}{where}", code)
     except BaseException:  # noqa: BLE001 - report anything, never unwind into the caller's code
-        _fail(chan, "container init crashed: " + traceback.format_exc().strip().splitlines()[-1], code)
+        _fail(chan, "container init crashed: " + _describe(sys.exc_info()[1]), code)
     os._exit(code)
+
+
+def _describe(e: BaseException | None) -> str:
+    """The last line ``traceback`` would print for ``e`` (``module.Type: message``),
+    without importing it (start-up)."""
+    t = type(e)
+    name = t.__qualname__ if t.__module__ in ("builtins", "__main__") else f"{t.__module__}.{t.__qualname__}"
+    msg = str(e)
+    return (f"{name}: {msg}" if msg else name).strip().splitlines()[-1]
 
 
 def _fail(chan: Channel, message: str, code: int) -> None:

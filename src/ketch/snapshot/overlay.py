@@ -38,13 +38,10 @@ import os
 import re
 import shutil
 import tempfile
-import threading
 import time
 from pathlib import Path
-from typing import Any, Iterable, Protocol, Sequence
 
 from ketch.errors import ImageError, SyscallError
-from ketch.image.unpack import apply_layer
 from ketch.linux import syscalls
 from ketch.oci.image import chain_ids, check_digest
 
@@ -56,8 +53,12 @@ _KEY_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 _STALE_TMP_SECONDS = 3600       # a .tmp-* dir older than this belongs to a dead process
 
 
-class _Content(Protocol):
-    def path(self, digest: str) -> Path: ...
+TYPE_CHECKING = False  # typing is not imported at run time (start-up)
+if TYPE_CHECKING:
+    from typing import Any, Iterable, Protocol, Sequence
+
+    class _Content(Protocol):
+        def path(self, digest: str) -> Path: ...
 
 
 def _esc(path: str) -> str:
@@ -164,6 +165,7 @@ class Snapshotter:
         tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{hexid[:12]}-", dir=self._layers))
         link: str | None = None
         try:
+            from ketch.image.unpack import apply_layer  # only when a layer is missing (start-up)
             size = apply_layer(blob, tmp / "fs", parents, diff_id)
             link = self._new_link(hexid)
             (tmp / "link").write_text(link)
@@ -360,6 +362,8 @@ class Snapshotter:
     def _mount_from(cwd: str, data: str, target: str) -> None:
         """mount(2) with relative option paths resolved from ``cwd``, in a thread with its own
         fs context (``unshare(CLONE_FS)``) so the process's working directory is untouched."""
+        import threading
+
         errors: list[BaseException] = []
 
         def run() -> None:
