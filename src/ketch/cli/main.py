@@ -11,12 +11,19 @@ A command module provides::
 
 Errors: a :class:`~ketch.errors.KetchError` becomes ``ketch: <message>`` on
 stderr and its ``exit_code`` (125 for ketch's own errors, as Docker's CLI).
+
+Run as the ``ketch`` program (``main()`` without ``argv``), the process ends
+with ``os._exit`` once stdout and stderr are flushed: tearing down the
+interpreter's modules costs more than a short container's whole setup, and
+every command has finished its work (threads joined, files closed) when it
+returns.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 from ketch.errors import KetchError
@@ -41,8 +48,38 @@ COMMANDS: dict[str, str] = {
 }
 
 
+class _Formatter(argparse.HelpFormatter):
+    """argparse's formatter, sized like it without importing :mod:`shutil`
+    (argparse builds one per ``add_argument``, and its default width comes
+    from ``shutil.get_terminal_size``)."""
+
+    def __init__(self, prog: str, indent_increment: int = 2, max_help_position: int = 24,
+                 width: int | None = None):
+        if width is None:
+            width = _terminal_columns() - 2
+        super().__init__(prog, indent_increment, max_help_position, width)
+
+
+def _terminal_columns() -> int:
+    """``shutil.get_terminal_size().columns``: ``$COLUMNS``, else stdout's terminal, else 80."""
+    try:
+        columns = int(os.environ.get("COLUMNS", "0"))
+    except ValueError:
+        columns = 0
+    if columns <= 0:
+        try:
+            columns = os.get_terminal_size(sys.__stdout__.fileno()).columns
+        except (AttributeError, ValueError, OSError):
+            columns = 0
+    return columns or 80
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse with Docker-like one-line errors and exit status 125."""
+
+    def __init__(self, *args, **kw):
+        kw.setdefault("formatter_class", _Formatter)
+        super().__init__(*args, **kw)
 
     def error(self, message: str):  # noqa: D401 - argparse API
         raise KetchError(f"{self.prog}: {message}\nSee '{self.prog} --help'.")
@@ -71,18 +108,32 @@ def _usage() -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """Parse ``argv`` (default ``sys.argv[1:]``), run the command, return its exit status."""
+    program = argv is None
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
     try:
-        return _main(argv)
+        code = _main(argv)
     except KetchError as e:
         if debug:
             import traceback
             traceback.print_exc()
         print(f"ketch: {e}", file=sys.stderr)
-        return e.exit_code
+        code = e.exit_code
     except KeyboardInterrupt:
-        return 130
+        code = 130
+    if program and not debug:
+        _exit_now(code)
+    return code
+
+
+def _exit_now(code: int) -> None:
+    """Flush stdout and stderr, then end the process without the interpreter's teardown."""
+    for f in (sys.stdout, sys.stderr):
+        try:
+            f.flush()
+        except (OSError, ValueError):  # closed, or a reader that went away (`ketch images | head`)
+            pass
+    os._exit(code)
 
 
 def _main(argv: list[str]) -> int:
