@@ -133,10 +133,12 @@ class Verdict:
     findings: list[dict] = field(default_factory=list)
     syscalls_new: list[str] = field(default_factory=list)
     links: list[str] = field(default_factory=list)     # other names of the same file (hard links)
+    facts: dict = field(default_factory=dict)
 
     def to_json(self) -> dict:
         return {"path": self.path, "links": self.links, "verdict": self.verdict, "reason": self.reason,
-                "remedy": self.remedy, "libc": self.libc, "kind": self.kind, "findings": self.findings}
+                "remedy": self.remedy, "libc": self.libc, "kind": self.kind, "facts": self.facts,
+                "findings": self.findings}
 
 
 @dataclass
@@ -297,7 +299,8 @@ class Judge:
             s = self.table.get(sc)
             if s is None or s.kernel is None:
                 continue
-            fb = fallback_for(libc_fam, lv, sc)
+            # The C library's fallback only helps calls it makes, not the program's own instructions.
+            fb = fallback_for(libc_fam, lv, sc) if origin != "direct" else None
             if s.kernel > self.k.version:
                 new.append(sc)
                 kv = format_version(s.kernel)
@@ -329,12 +332,18 @@ class Judge:
                 found.append(("degraded", f"seccomp answers {sc}{via} with {_errname(err)}",
                               f"allow {sc} in the profile if the program needs it"))
 
+        facts = {"arch": info.arch, "interp": info.interp, "abi_tag": info.abi_tag,
+                 "glibc_needed": info.glibc_needed[-1] if info.glibc_needed else None,
+                 "vsyscall": [f"{r.kind} 0x{r.target:x}" + (f" in {r.function}()" if r.function else "")
+                              for r in info.vsyscall],
+                 "syscalls": sorted(calls), "syscalls_unknown": info.syscalls_unknown,
+                 "newer_than_kernel": new}
         if not found:
-            return Verdict(path, "works", "", "", libc_label, info.kind, syscalls_new=new)
+            return Verdict(path, "works", "", "", libc_label, info.kind, syscalls_new=new, facts=facts)
         found.sort(key=lambda f: -RANK[f[0]])
         level, reason, remedy = found[0]
         return Verdict(path, level, f"{name}: {reason}", remedy, libc_label, info.kind,
-                       [{"verdict": lv_, "reason": r, "remedy": m} for lv_, r, m in found], new)
+                       [{"verdict": lv_, "reason": r, "remedy": m} for lv_, r, m in found], new, facts=facts)
 
 
 def _docker_arch(machine: str) -> str:
