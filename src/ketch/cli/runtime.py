@@ -564,6 +564,9 @@ COMMANDS: dict[str, tuple] = {
     "features": (cmd_features, {}, "features"),
 }
 
+# runc commands clients may call that this runtime does not have yet.
+NOT_IMPLEMENTED = ("exec", "update", "events", "checkpoint", "restore")
+
 USAGE = """usage: ketch-runtime [--root DIR] [--log FILE] [--log-format text|json] [--debug] COMMAND [ARGS...]
 
 An OCI runtime with runc's command line (runtime-spec v1.1 bundles).
@@ -593,6 +596,8 @@ def main(argv: list[str] | None = None) -> int:
         if g.rootless not in (None, "false", "auto"):
             raise Failure("--rootless: rootless containers are not supported")
         word, rest = g.positional[0], g.positional[1:]
+        if word in NOT_IMPLEMENTED:
+            raise Failure(f"ketch-runtime does not implement '{word}' yet")
         if word not in COMMANDS:
             raise Failure(f"No help topic for '{word}'")
         fn, flags, usage = COMMANDS[word]
