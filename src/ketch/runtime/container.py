@@ -19,10 +19,7 @@ import fcntl
 import json
 import os
 import re
-import select
-import shutil
 import signal
-import socket
 import sys
 import time
 from contextlib import contextmanager
@@ -31,12 +28,16 @@ from pathlib import Path
 
 from ketch.errors import ContainerNotFound, ContainerStateError, KetchError, SpecError
 from ketch.linux import syscalls as sc
-from ketch.oci.runtime import OCI_VERSION, Spec
-from ketch.runtime import sync
 
 TYPE_CHECKING = False  # typing is not imported at run time (start-up)
 if TYPE_CHECKING:
+    import socket
     from typing import Iterator
+
+    from ketch.oci.runtime import Spec
+
+# select, shutil, socket, the spec parser and the sync channel are imported by
+# the operations that use them: `ketch-runtime state` only reads state.json.
 
 _ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]{0,1023}$")
 
@@ -105,6 +106,7 @@ class State:
 
     def to_json(self) -> dict:
         """The runtime-spec state object (runtime.md "State")."""
+        from ketch.oci.runtime import OCI_VERSION
         return {"ociVersion": OCI_VERSION, "id": self.id, "status": self.status().value,
                 "pid": self.pid if self.status() != Status.STOPPED else 0, "bundle": self.bundle,
                 "rootfs": self.rootfs, "created": self.created, "annotations": self.annotations}
@@ -177,6 +179,10 @@ class Runtime:
         KetchError/SyscallError for other failures; on any failure nothing is
         left behind (state dir removed, PID 1 gone).
         """
+        import shutil
+
+        from ketch.oci.runtime import Spec
+
         bundle = Path(bundle).resolve()
         if spec is None:
             try:
@@ -218,6 +224,7 @@ class Runtime:
     def _spawn(self, spec: Spec, rootfs: str, state: State, stdio: tuple[int, int, int],
                console: socket.socket | None, subreaper: bool) -> int:
         """Fork the intermediate and PID 1 (see :mod:`ketch.runtime.sync`); return PID 1's host PID."""
+        from ketch.runtime import sync
         from ketch.runtime.init import container_init  # imported before fork: needed after pivot_root
 
         flags = 0
@@ -302,6 +309,8 @@ class Runtime:
 
         Raises ContainerNotFound, or ContainerStateError unless ``created``.
         """
+        import select
+
         state = self.load(cid)
         st = state.status()
         if not st.can_start():
@@ -342,6 +351,8 @@ class Runtime:
         SIGKILLs PID 1 (and so its whole PID namespace) first.  Idempotent
         for a missing container only when ``force``.
         """
+        import shutil
+
         try:
             state = self.load(cid)
         except ContainerNotFound:
