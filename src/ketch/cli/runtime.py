@@ -576,7 +576,22 @@ Commands:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
+    """Run one command; return its exit status.  As a program (``argv`` None)
+    the process ends with ``os._exit`` once stdout and stderr are flushed:
+    the interpreter's teardown costs milliseconds on every call."""
+    program = argv is None
+    code = _main(list(sys.argv[1:] if argv is None else argv))
+    if program:
+        for f in (sys.stdout, sys.stderr):
+            try:
+                f.flush()
+            except (OSError, ValueError):
+                pass
+        os._exit(code)
+    return code
+
+
+def _main(argv: list[str]) -> int:
     log = Log()
     try:
         g = parse(argv, GLOBAL_FLAGS, stop_at_positional=True)
