@@ -153,3 +153,61 @@ def test_plain_progress_lines():
     assert tty.getvalue().endswith("\x1b[2A\r\x1b[2Kaaaaaaaaaaaa: Downloading "
                                    + bar(1_200_000, 3_600_000) + "\x1b[2B\r")
     assert bar(1_200_000, 3_600_000).endswith("1.2MB/3.6MB") and bar(5, 5).startswith("[" + "=" * 49 + ">]")
+
+
+def _tar(fmt: int) -> bytes:
+    import tarfile
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=fmt) as tf:
+        def add(name, typ=tarfile.REGTYPE, data=b"", link=""):
+            ti = tarfile.TarInfo(name)
+            ti.type, ti.size, ti.linkname, ti.mtime = typ, len(data), link, 0
+            tf.addfile(ti, io.BytesIO(data) if data else None)
+        add("d", tarfile.DIRTYPE)
+        add("d/a", data=b"a" * 1000)
+        add("d/" + "long" * 40, data=b"b" * 513)            # long name: PAX or GNU L
+        add("d/hard", tarfile.LNKTYPE, link="d/a")           # counted once
+        add("d/sym", tarfile.SYMTYPE, link="x" * 150)         # long link: PAX linkpath or GNU K
+        add("d/s2", tarfile.SYMTYPE, link="d/a")
+        add("d/empty")
+        add("d/fifo", tarfile.FIFOTYPE)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("fmt", ["pax", "gnu"])
+@pytest.mark.parametrize("comp", ["none", "gzip", "gzip2", "zstd2"])
+def test_stream_scanner_matches_scan_layer(tmp_path, fmt, comp):
+    import gzip
+    import tarfile
+
+    import zstandard
+
+    from ketch.image.layers import StreamScanner, scan_layer
+    raw = _tar(tarfile.PAX_FORMAT if fmt == "pax" else tarfile.GNU_FORMAT)
+    half = len(raw) // 2
+    blob = {"none": raw, "gzip": gzip.compress(raw),
+            "gzip2": gzip.compress(raw[:half]) + gzip.compress(raw[half:]),
+            "zstd2": zstandard.compress(raw[:half]) + zstandard.compress(raw[half:])}[comp]
+    p = tmp_path / "layer"
+    p.write_bytes(blob)
+    want = scan_layer(p)
+    assert want.unpacked_size == 1000 + 513 + 150 + 3
+    for step in (1, 7, 512, 4096, len(blob)):
+        s = StreamScanner()
+        for i in range(0, len(blob), step):
+            s.feed(blob[i:i + step])
+        got = s.result()
+        assert got is not None, step
+        assert (got.diff_id, got.unpacked_size, got.tar_size) == (want.diff_id, want.unpacked_size, want.tar_size)
+
+
+def test_stream_scanner_gives_up_on_garbage():
+    import gzip
+
+    from ketch.image.layers import StreamScanner
+    s = StreamScanner()
+    s.feed(gzip.compress(_tar(2))[:-20])  # cut short: no end of stream
+    assert s.result() is None
+    s = StreamScanner()
+    s.feed(b"\x1f\x8b" + b"\0" * 100)
+    assert s.result() is None

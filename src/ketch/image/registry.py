@@ -68,8 +68,8 @@ MANIFEST_ACCEPT = ", ".join([oci.OCI_INDEX, oci.OCI_MANIFEST, oci.DOCKER_MANIFES
 MAX_MANIFEST = 4 << 20
 CHUNK = 1 << 20
 CONCURRENCY = 3
-RETRIES = 5
-BACKOFF = 0.25          # seconds before the first retry; doubles each time
+RETRIES = 4            # so 5 attempts in all, Docker's max-download-attempts
+BACKOFF = 0.2          # seconds before the first retry; doubles each time
 MAX_BACKOFF = 5.0
 USER_AGENT = "ketch/0.1"
 _TRANSIENT_STATUS = frozenset({408, 429, 500, 502, 503, 504})
@@ -441,16 +441,21 @@ class RegistryClient:
         return f"/v2/{repo}/blobs/{digest}"
 
     def fetch_blob(self, repo: str, desc: oci.Descriptor, content, progress: ProgressFn | None = None,
-                   label: str = "") -> bool:
-        """Download blob ``desc`` of ``repo`` into the content store unless stored; True if fetched.
+                   label: str = "", scan: bool = False):
+        """Download blob ``desc`` of ``repo`` into the content store unless stored.
 
-        Resumes a partial download left by an earlier attempt (or pull);
-        raises :class:`DigestMismatch` (partial file removed) when the bytes
-        do not match, :class:`ImageError` when the registry lacks the blob or
-        keeps cutting the transfer short.
+        Returns ``(fetched, info)``: ``fetched`` False when the blob was
+        already stored; ``info`` with ``scan`` the layer's
+        :class:`~ketch.image.layers.LayerInfo` (diff ID, unpacked size),
+        computed on a second thread while the bytes arrive — or None when it
+        could not be, and the caller scans the stored blob.  Resumes a
+        partial download left by an earlier attempt (or pull); raises
+        :class:`DigestMismatch` (partial file removed) when the bytes do not
+        match, :class:`ImageError` when the registry lacks the blob or keeps
+        cutting the transfer short.
         """
         if content.has(desc.digest, desc.size):
-            return False
+            return False, None
         short = desc.digest[7:19]
         emit = progress or (lambda p: None)
         partial = content.partial_path(desc.digest)
@@ -460,32 +465,35 @@ class RegistryClient:
             if content.has(desc.digest, desc.size):
                 with contextlib.suppress(OSError):
                     os.unlink(partial)
-                return False
-            h = hashlib.sha256()
-            have = 0
-            while True:  # hash what an earlier attempt left
-                b = f.read(CHUNK)
-                if not b:
-                    break
-                h.update(b)
-                have += len(b)
-            if have > desc.size:
-                f.truncate(0)
-                f.seek(0)
-                h, have = hashlib.sha256(), 0
+                return False, None
+            sink = _Sink(f, scan)
             try:
-                h = self._download(repo, desc, f, h, have, emit, short)
+                while True:  # take in what an earlier attempt left
+                    b = f.read(CHUNK)
+                    if not b:
+                        break
+                    sink.write(b, to_file=False)
+                if sink.have > desc.size:
+                    sink.restart()
+                self._download(repo, desc, sink, emit, short)
+                info = sink.layer_info()
             except DigestMismatch:
                 os.unlink(partial)  # corrupt bytes are not worth resuming
                 raise
+            except BaseException:
+                if os.fstat(f.fileno()).st_size == 0:  # nothing to resume from
+                    with contextlib.suppress(OSError):
+                        os.unlink(partial)
+                raise
+            finally:
+                sink.close()
         emit(Progress(short, "Verifying Checksum", desc.size, desc.size))
-        content.commit_partial(partial, desc, h, source=f"{label or repo} from {self.domain}")
+        content.commit_partial(partial, desc, sink.hash, source=f"{label or repo} from {self.domain}")
         emit(Progress(short, "Download complete", desc.size, desc.size))
-        return True
+        return True, info
 
-    def _download(self, repo: str, desc: oci.Descriptor, f, h, have: int, emit: ProgressFn, short: str):
-        """Append the rest of blob ``desc`` (from byte ``have``) to ``f``, feeding ``h``;
-        returns the hasher (a new one if the registry made us start over)."""
+    def _download(self, repo: str, desc: oci.Descriptor, sink: "_Sink", emit: ProgressFn, short: str) -> None:
+        """Write the rest of blob ``desc`` (from byte ``sink.have``) into ``sink``."""
         scope = f"repository:{repo}:pull"
         urls = [self.blob_url(repo, desc.digest)]
         urls += [u for u in desc.urls if u.startswith(("https://", "http://"))]
@@ -493,12 +501,12 @@ class RegistryClient:
         u = 0
 
         def retry(why: str, delay: float) -> None:
-            emit(Progress(short, "Retrying", have, desc.size))
+            emit(Progress(short, "Retrying", sink.have, desc.size))
 
-        while have < desc.size:
+        while sink.have < desc.size:
             if self.cancelled.is_set():
                 raise ImageError(f"blob {desc.digest}: download cancelled")
-            headers = {"Range": f"bytes={have}-"} if have else {}
+            headers = {"Range": f"bytes={sink.have}-"} if sink.have else {}
             progressed = False
             try:
                 r = self.request("GET", urls[u], scope=scope, headers=headers, stream=True, on_retry=retry)
@@ -508,17 +516,15 @@ class RegistryClient:
                         continue
                     if r.status == 206:
                         start = _range_start(r.headers.get("Content-Range"))
-                        if start != have:
-                            raise _Transient(f"blob {desc.digest}: registry resumed at byte {start}, not {have}")
+                        if start != sink.have:
+                            raise _Transient(f"blob {desc.digest}: registry resumed at byte {start}, "
+                                             f"not {sink.have}")
                     elif r.status == 200:
-                        if have:  # no Range support: start over
-                            f.truncate(0)
-                            f.seek(0)
-                            h = hashlib.sha256()
-                            have = 0
-                    elif r.status == 416 and have:
+                        if sink.have:  # no Range support: start over
+                            sink.restart()
+                    elif r.status == 416 and sink.have:
                         raise ImageError(f"blob {desc.digest} of {self.domain}/{repo}: truncated: the registry "
-                                         f"has no bytes after {have}, the manifest says {desc.size}")
+                                         f"has no bytes after {sink.have}, the manifest says {desc.size}")
                     elif r.status == 404:
                         raise ImageError(f"blob {desc.digest} of {self.domain}/{repo} not found: "
                                          f"{_error_text(r.data)}")
@@ -528,41 +534,99 @@ class RegistryClient:
                     else:
                         raise ImageError(f"blob {desc.digest} of {self.domain}/{repo}: registry answered "
                                          f"{r.status}: {_error_text(r.data)}")
-                    emit(Progress(short, "Downloading", have, desc.size))
+                    emit(Progress(short, "Downloading", sink.have, desc.size))
                     last = 0.0
                     for chunk in r.stream(CHUNK // 4, decode_content=False):
-                        if have + len(chunk) > desc.size:
+                        if sink.have + len(chunk) > desc.size:
                             raise DigestMismatch(f"blob {desc.digest} of {self.domain}/{repo}: digest mismatch: "
                                                  f"got more than {desc.size} bytes")
-                        f.write(chunk)
-                        h.update(chunk)
-                        have += len(chunk)
+                        sink.write(chunk)
                         progressed = True
                         now = time.monotonic()
                         if now - last > 0.1:
                             last = now
-                            emit(Progress(short, "Downloading", have, desc.size))
+                            emit(Progress(short, "Downloading", sink.have, desc.size))
                         if self.cancelled.is_set():
                             raise ImageError(f"blob {desc.digest}: download cancelled")
-                    if have < desc.size:
-                        raise _Transient(f"blob {desc.digest}: connection closed after {have} of {desc.size} bytes")
+                    if sink.have < desc.size:
+                        raise _Transient(f"blob {desc.digest}: connection closed after {sink.have} of "
+                                         f"{desc.size} bytes")
                 finally:
                     r.release_conn()
-            except _Transient as e:
+            except (_Transient, self._urllib3.exceptions.HTTPError) as e:  # HTTPError: cut while streaming
                 failures = 0 if progressed else failures + 1
+                why = e.args[0] if isinstance(e, _Transient) else _reason(e)
                 if failures > self.retries:
-                    raise ImageError(f"blob {desc.digest} of {self.domain}/{repo}: truncated at {have} of "
-                                     f"{desc.size} bytes: {e.args[0]} (gave up after {failures} attempts)") from None
-                emit(Progress(short, "Retrying", have, desc.size))
+                    raise ImageError(f"blob {desc.digest} of {self.domain}/{repo}: truncated at {sink.have} of "
+                                     f"{desc.size} bytes: {why} (gave up after {failures} attempts)") from None
+                emit(Progress(short, "Retrying", sink.have, desc.size))
                 time.sleep(self.delay(max(1, failures)))
-            except self._urllib3.exceptions.HTTPError as e:  # errors while streaming the body
-                failures = 0 if progressed else failures + 1
-                if failures > self.retries:
-                    raise ImageError(f"blob {desc.digest} of {self.domain}/{repo}: truncated at {have} of "
-                                     f"{desc.size} bytes: {_reason(e)} (gave up after {failures} attempts)") from None
-                emit(Progress(short, "Retrying", have, desc.size))
-                time.sleep(self.delay(max(1, failures)))
-        return h
+
+
+class _Sink:
+    """Where a blob's bytes go: the partial file, its sha256 and, for a layer, a
+    :class:`~ketch.image.layers.StreamScanner` fed on a thread of its own (zlib and
+    hashlib release the GIL, so decompressing overlaps the download)."""
+
+    def __init__(self, f, scan: bool):
+        self.f = f
+        self.scan = scan
+        self.have = 0
+        self.hash = hashlib.sha256()
+        self._scanner = _ScanThread() if scan else None
+
+    def write(self, b: bytes, to_file: bool = True) -> None:
+        if to_file:
+            self.f.write(b)
+        self.hash.update(b)
+        self.have += len(b)
+        if self._scanner is not None:
+            self._scanner.feed(b)
+
+    def restart(self) -> None:
+        self.f.truncate(0)
+        self.f.seek(0)
+        self.hash = hashlib.sha256()
+        self.have = 0
+        if self._scanner is not None:
+            self._scanner.close()
+            self._scanner = _ScanThread()
+
+    def layer_info(self):
+        return self._scanner.result() if self._scanner is not None else None
+
+    def close(self) -> None:
+        if self._scanner is not None:
+            self._scanner.close()
+
+
+class _ScanThread:
+    def __init__(self):
+        import queue
+        from ketch.image.layers import StreamScanner
+        self.scanner = StreamScanner()
+        self._q: Any = queue.Queue(maxsize=32)
+        self._t = threading.Thread(target=self._run, name="ketch-scan", daemon=True)
+        self._t.start()
+
+    def _run(self) -> None:
+        while True:
+            b = self._q.get()
+            if b is None:
+                return
+            self.scanner.feed(b)
+
+    def feed(self, b: bytes) -> None:
+        self._q.put(b)
+
+    def close(self) -> None:
+        if self._t.is_alive():
+            self._q.put(None)
+            self._t.join()
+
+    def result(self):
+        self.close()
+        return self.scanner.result()
 
 
 class _SwitchToHTTP(Exception):
@@ -668,8 +732,8 @@ def pull(store, ref_text: str, *, platform: str | oci.Platform | None = None, tl
             raise ImageError(f"image {display} was found but does not match the specified platform: "
                              f"wanted {platform_str(want)}, actual: {have}")
         _check_layer_count(config, manifest, display)
-        events = _fetch_layers(client, ref.path, manifest, store.content, emit, concurrency, display)
-        infos = _verify_layers(store, manifest, config, display)
+        events, scanned = _fetch_layers(client, ref.path, manifest, store.content, emit, concurrency, display)
+        infos = _verify_layers(store, manifest, config, display, scanned)
         store.content.ingest_bytes(mbytes, mdigest)
         names = [str(ref)] if not ref.digest else []
         result: PullResult = _commit(store, mdigest, names, infos, events)
@@ -694,8 +758,12 @@ def _json(data: bytes, what: str) -> dict:
 
 
 def _fetch_layers(client: RegistryClient, repo: str, manifest: oci.Manifest, content, emit: ProgressFn,
-                  concurrency: int, display: str) -> list[tuple[str, str]]:
-    """Fetch every missing layer, ``concurrency`` at a time; ``[(digest, "Pull complete"|"Already exists")]``."""
+                  concurrency: int, display: str) -> tuple[list[tuple[str, str]], dict]:
+    """Fetch every missing layer, ``concurrency`` at a time.
+
+    Returns ``[(digest, "Pull complete"|"Already exists")]`` and the
+    :class:`~ketch.image.layers.LayerInfo` of each layer scanned on the way in.
+    """
     from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
     events: list[tuple[str, str]] = []
     todo: list[oci.Descriptor] = []
@@ -712,20 +780,25 @@ def _fetch_layers(client: RegistryClient, repo: str, manifest: oci.Manifest, con
             todo.append(layer)
     for layer in todo:
         emit(Progress(layer.digest[7:19], "Pulling fs layer", 0, layer.size))
+    scanned: dict = {}
     if not todo:
-        return events
+        return events, scanned
     pool = ThreadPoolExecutor(max_workers=max(1, concurrency), thread_name_prefix="ketch-pull")
     try:
-        futures = [pool.submit(client.fetch_blob, repo, layer, content, emit, display) for layer in todo]
+        futures = [pool.submit(client.fetch_blob, repo, layer, content, emit, display, True) for layer in todo]
         done, pending = wait(futures, return_when=FIRST_EXCEPTION)
         for fut in futures:
             if fut in done and fut.exception() is not None:
                 raise fut.exception()  # type: ignore[misc]
+        for layer, fut in zip(todo, futures):
+            info = fut.result()[1]
+            if info is not None:
+                scanned[layer.digest] = info
     finally:
         client.cancelled.set()
         pool.shutdown(wait=True, cancel_futures=True)
         client.cancelled.clear()
-    return events
+    return events, scanned
 
 
 def resolve_or_pull(store, ref: str, *, out=None, platform: str | None = None):

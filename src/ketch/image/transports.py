@@ -417,13 +417,17 @@ def _check_layer_count(config: oci.ImageConfig, manifest: oci.Manifest, label: s
 
 
 def _verify_layers(store: ImageStore, manifest: oci.Manifest, config: oci.ImageConfig,
-                   label: str) -> dict[str, LayerInfo]:
-    """Check every layer's diff ID against the config (scanning layers not seen before)."""
+                   label: str, scanned: dict[str, LayerInfo] | None = None) -> dict[str, LayerInfo]:
+    """Check every layer's diff ID against the config (scanning layers not seen before,
+    unless ``scanned`` has their :class:`LayerInfo` from the way in)."""
     infos: dict[str, LayerInfo] = {}
     for layer, diff_id in zip(manifest.layers, config.diff_ids):
         known = store.layer_info(layer.digest)
         if known is not None:
             got = known["diffID"]
+        elif scanned and layer.digest in scanned:
+            infos[layer.digest] = scanned[layer.digest]
+            got = scanned[layer.digest].diff_id
         else:
             info = scan_layer(store.content.path(layer.digest))
             infos[layer.digest] = info
