@@ -23,7 +23,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from ketch.errors import ContainerNotFound, ContainerStateError
+from ketch.errors import ContainerNotFound, ContainerStateError, ImageNotFound
 from ketch.paths import Paths
 
 TYPE_CHECKING = False  # typing is not imported at run time: start-up is most of `run`
@@ -183,8 +183,12 @@ class Engine:
         """
         from ketch.engine.spec import build_spec, create_bind_sources, make_hosts_files, make_workdir
 
-        from ketch.image.registry import resolve_or_pull
-        image = resolve_or_pull(self.images, image_ref)  # pulls, as Docker does, when absent
+        try:
+            image = self.images.resolve(image_ref)
+        except ImageNotFound:
+            # The registry client (hashlib, threads, auth) only when there is something to pull.
+            from ketch.image.registry import resolve_or_pull
+            image = resolve_or_pull(self.images, image_ref)  # pulls, as Docker does, when absent
         rec = self.containers.create(image.id, image_ref, opts.name, opts.rm)
         cdir = self.containers.dir(rec.Id)
         rootfs = cdir / "rootfs"
