@@ -245,8 +245,6 @@ class Engine:
         master = recv_console(console_parent) if console_parent is not None else None
         if console_parent is not None:
             console_parent.close()
-        rec.Status, rec.Pid, rec.StartedAt = "running", state.pid, now_iso()
-        self.containers.save(rec)
         saved = {}
         if master is None:
             def forward(sig, _frame, pid=state.pid):
@@ -257,6 +255,10 @@ class Engine:
             saved = {s: signal.signal(s, forward) for s in PROXIED_SIGNALS}
         try:
             self.runtime.start(rec.Id)
+            # Recorded once started (not before: it would still be "created"), while
+            # the program already runs: this write is off the path to its execve.
+            rec.Status, rec.Pid, rec.StartedAt = "running", state.pid, now_iso()
+            self.containers.save(rec)
             if master is not None:
                 relay(master, 0 if opts.interactive else None, 1)
                 os.close(master)
