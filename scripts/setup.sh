@@ -10,7 +10,7 @@ cd "$(dirname "$0")/.."
 need_root() { [ "$(id -u)" = 0 ] || { echo "setup.sh: run as root (ketch creates namespaces and mounts)" >&2; exit 1; }; }
 need_root
 
-PKGS="python3 python3-venv python3-pip ca-certificates zstd tar mmdebstrap
+PKGS="python3 python3-venv python3-pip ca-certificates openssl zstd tar mmdebstrap
       runc crun podman umoci skopeo docker-registry uidmap iproute2 util-linux"
 missing=""
 for p in $PKGS; do
