@@ -170,7 +170,9 @@ class Runtime:
         namespaces and waits for :meth:`start`.  ``stdio`` become the
         process's fds 0–2 (ignored when the process has a terminal, whose
         master is sent over ``console_socket``).  ``subreaper``: make the
-        caller PR_SET_CHILD_SUBREAPER so it can wait for PID 1 itself.
+        caller PR_SET_CHILD_SUBREAPER so it can wait for PID 1 itself (PID 1
+        may then be its direct child; no other thread of the caller may fork
+        during ``create``).
         ``spec``: the bundle's ``config.json`` already parsed, from a caller
         that has just written it (the engine), so it is not read back.
 
@@ -223,7 +225,17 @@ class Runtime:
 
     def _spawn(self, spec: Spec, rootfs: str, state: State, stdio: tuple[int, int, int],
                console: socket.socket | None, subreaper: bool) -> int:
-        """Fork the intermediate and PID 1 (see :mod:`ketch.runtime.sync`); return PID 1's host PID."""
+        """Fork PID 1 (see :mod:`ketch.runtime.sync`); return its host PID.
+
+        A caller that reaps PID 1 itself (``subreaper``) and asks only for new
+        namespaces, none of them user or time, gets PID 1 as its direct child:
+        this process points its own ``pid_for_children`` at a new PID
+        namespace for that one fork and back again, and the child unshares the
+        rest itself.  Otherwise an intermediate process joins and unshares,
+        forks PID 1 and exits (runc's model): a user namespace must own the
+        PID namespace it creates, and other callers never have PID 1 as a
+        child to reap.
+        """
         from ketch.runtime import sync
         from ketch.runtime.init import container_init  # imported before fork: needed after pivot_root
 
@@ -235,13 +247,20 @@ class Runtime:
             else:
                 flags |= NAMESPACE_FLAGS[ns.type]
         new_netns = bool(flags & sc.CLONE_NEWNET)
+        direct = subreaper and not joins and not flags & (sc.CLONE_NEWUSER | sc.CLONE_NEWTIME)
         fifo_fd = os.open(state.fifo, os.O_PATH | os.O_CLOEXEC)
         parent, child = sync.Channel.pair()
         if subreaper:
             sc.prctl(sc.PR_SET_CHILD_SUBREAPER, 1)
         sys.stdout.flush()
         sys.stderr.flush()
-        inter = os.fork()
+        if direct:
+            pid = self._fork_direct(flags, stdio, parent, child,
+                                    lambda: container_init(spec, rootfs, child, fifo_fd, console, new_netns))
+            inter = None
+        else:
+            pid = None
+            inter = os.fork()
         if inter == 0:  # ---------------------------------------- intermediate
             try:
                 parent.close()
@@ -271,7 +290,6 @@ class Runtime:
             os.close(fd)
         # The intermediate's Pid and the init's Ready/Error share the channel and
         # may arrive in either order (the init can be scheduled first).
-        pid: int | None = None
         final: sync.Message | None = None
         try:
             try:
@@ -292,7 +310,8 @@ class Runtime:
                         _reap(pid)
                 raise
             finally:
-                os.waitpid(inter, 0)
+                if inter is not None:
+                    os.waitpid(inter, 0)
             if pid is not None and isinstance(final, sync.Ready):
                 return pid
             if pid is not None and subreaper:
@@ -302,6 +321,56 @@ class Runtime:
             raise KetchError("container init exited before it was ready")
         finally:
             parent.close()
+
+    @staticmethod
+    def _fork_direct(flags: int, stdio: tuple[int, int, int], parent, child, init) -> int:
+        """Fork PID 1 as our own child (see :meth:`_spawn`); the child calls ``init()``,
+        which never returns.  Returns the child's PID.
+
+        For the fork, this process's ``pid_for_children`` is a new PID
+        namespace: no other thread of ours may fork meanwhile (the engine has
+        none).
+        """
+        from ketch.runtime import sync
+
+        own_pidns = None
+        if flags & sc.CLONE_NEWPID:
+            own_pidns = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                sc.unshare(sc.CLONE_NEWPID)  # our next child is PID 1 of a new namespace
+            except BaseException:
+                os.close(own_pidns)
+                raise
+        pid = -1
+        try:
+            pid = os.fork()
+        finally:
+            if own_pidns is not None and pid != 0:
+                # Parent: children of ours are born in our own PID namespace again.
+                sc.setns(own_pidns, sc.CLONE_NEWPID)
+                os.close(own_pidns)
+        if pid:
+            return pid
+        # ------------------------------------------------------------------ PID 1
+        code = 1
+        try:
+            if own_pidns is not None:
+                os.close(own_pidns)
+            parent.close()
+            for i, fd in enumerate(stdio):
+                if fd != i:
+                    os.dup2(fd, i, inheritable=True)
+            sc.unshare(flags & ~sc.CLONE_NEWPID)
+            code = 125
+            init()
+        except BaseException as e:  # noqa: BLE001
+            if code == 1:
+                try:
+                    child.send(sync.Error(f"creating namespaces: {e}"))
+                except OSError:
+                    pass
+        finally:
+            os._exit(code)
 
     # ------------------------------------------------------------------ start
     def start(self, cid: str) -> State:

@@ -16,8 +16,11 @@ role)::
 
 Both children write to the same socket, so ``Pid`` and the init's ``Ready``
 or ``Error`` can arrive in either order: the parent reads until it has both
-(or EOF).  The init's end is ``SOCK_CLOEXEC``: after ``execve`` the parent
-reads EOF.
+(or EOF).  When the caller reaps PID 1 itself and needs no user or time
+namespace, there is no intermediate: the parent forks PID 1 directly into a
+new PID namespace (``Runtime._spawn``), knows its PID from ``fork`` and reads
+only ``Ready`` or ``Error``.  The init's end is ``SOCK_CLOEXEC``: after
+``execve`` the parent reads EOF.
 """
 
 from __future__ import annotations
