@@ -87,11 +87,20 @@ class Blobs:
         return self.root / digest[7:]
 
     def image(self, tars: list[bytes]) -> Image:
+        """Store the layers (gzip, no timestamp: the same tars give the same blobs) and
+        describe the image.  Like the real content store, a blob is written to a temp
+        file and renamed into place, so a blob path another process may be unpacking
+        is never truncated or rewritten under it."""
         layers, diff_ids = [], []
         for raw in tars:
-            blob = gzip.compress(raw, compresslevel=1)
+            blob = gzip.compress(raw, compresslevel=1, mtime=0)
             digest = "sha256:" + hashlib.sha256(blob).hexdigest()
-            self.path(digest).write_bytes(blob)
+            path = self.path(digest)
+            if not path.exists():
+                fd, tmp = tempfile.mkstemp(dir=self.root, prefix=".blob-")
+                with os.fdopen(fd, "wb") as f:
+                    f.write(blob)
+                os.replace(tmp, path)
             layers.append(Descriptor(OCI_LAYER_GZIP, digest, len(blob)))
             diff_ids.append("sha256:" + hashlib.sha256(raw).hexdigest())
         config = ImageConfig(architecture="amd64", os="linux", config=None, diff_ids=tuple(diff_ids))

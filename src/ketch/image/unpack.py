@@ -79,6 +79,7 @@ _OUT_MAX = 2 * 1024 * 1024      # upper bound of one decompressed chunk
 _QUEUE_DEPTH = 16               # chunks buffered between the threads (≤ 32 MiB)
 
 _ZERO_BLOCK = bytes(BLOCK)
+_MAGIC_MAX = 10                 # bytes detect_compression() looks at (bzip2's)
 # ustar header (POSIX pax "ustar Interchange Format"); GNU uses the same offsets.
 _HDR = struct.Struct("100s8s8s8s12s12s8sc100s6s2s32s32s8s8s155s12x")
 _USTAR_MAGIC = b"ustar\x00"
@@ -115,15 +116,26 @@ def detect_compression(head: bytes) -> str:
 
 
 def _gunzip(read: Callable[[int], bytes], buf: bytes) -> Iterator[bytes]:
-    """Inflate a gzip stream of one or more members (RFC 1952); trailing zeros are ignored."""
+    """Inflate a gzip stream of one or more members (RFC 1952); trailing zeros are ignored.
+
+    ``read`` may return fewer bytes than asked (a pipe, a socket): only ``b""``
+    ends the input, and where a read splits the stream changes nothing.  Zeros
+    where a member would start are padding: only zeros may follow them.
+    """
     d = zlib.decompressobj(31)
-    fed = bool(buf)
+    fed = False         # the current member has been given input
+    padding = False     # zeros seen after the last member
     while True:
         if not buf:
             buf = read(_IN_CHUNK)
             if not buf:
                 break
-            fed = True
+        if not fed and (padding or not buf[0]):
+            if buf.strip(b"\x00"):
+                raise LayerError("corrupt gzip stream: data after the trailing zeros")
+            padding, buf = True, b""
+            continue
+        fed = True
         try:
             out = d.decompress(buf, _OUT_MAX)
         except zlib.error as e:
@@ -132,10 +144,8 @@ def _gunzip(read: Callable[[int], bytes], buf: bytes) -> Iterator[bytes]:
             yield out
         if d.eof:
             buf = d.unused_data
-            if buf and not buf.strip(b"\x00"):
-                buf = b""
             d = zlib.decompressobj(31)
-            fed = bool(buf)
+            fed = False
         else:
             buf = d.unconsumed_tail
     if fed:
@@ -198,20 +208,28 @@ def _unzstd(read: Callable[[int], bytes], buf: bytes) -> Iterator[bytes]:
 
 
 def _unlzma(read: Callable[[int], bytes], buf: bytes, make) -> Iterator[bytes]:
-    """Decompress xz or bzip2 (objects with ``decompress(data, max_length)``/``needs_input``)."""
+    """Decompress xz or bzip2 (objects with ``decompress(data, max_length)``/``needs_input``).
+
+    Concatenated streams are decompressed one after the other; zeros where a
+    stream would start are trailing padding (only zeros may follow), however
+    the reads split them.
+    """
     d = make()
+    started = False     # the current stream has been given input
+    padding = False     # zeros seen after the last stream
     while True:
-        if d.eof:
-            buf = d.unused_data + buf
-            if not buf.strip(b"\x00"):
-                buf = read(_IN_CHUNK)
-                if not buf:
-                    return
-            d = make()
-        if d.needs_input and not buf:
+        if not buf and (not started or d.needs_input):
             buf = read(_IN_CHUNK)
             if not buf:
-                raise LayerError("truncated compressed stream")
+                if started:
+                    raise LayerError("truncated compressed stream")
+                return
+        if not started and (padding or not buf[0]):
+            if buf.strip(b"\x00"):
+                raise LayerError("corrupt compressed stream: data after the trailing zeros")
+            padding, buf = True, b""
+            continue
+        started = True
         try:
             out = d.decompress(buf, _OUT_MAX)
         except (lzma.LZMAError, OSError, EOFError) as e:
@@ -219,6 +237,10 @@ def _unlzma(read: Callable[[int], bytes], buf: bytes, make) -> Iterator[bytes]:
         buf = b""
         if out:
             yield out
+        if d.eof:
+            buf = d.unused_data
+            d = make()
+            started = False
 
 
 class _Stream:
@@ -232,7 +254,14 @@ class _Stream:
 
     def __init__(self, f: BinaryIO):
         self._f = f
+        # A pipe or socket may return fewer bytes than asked: read until the
+        # longest magic number is in hand (or the stream ends) before detecting.
         first = f.read(_IN_CHUNK)
+        while first and len(first) < _MAGIC_MAX:
+            more = f.read(_IN_CHUNK)
+            if not more:
+                break
+            first += more
         self.compression = detect_compression(first)
         self._first = first
         self.sha256 = hashlib.sha256()
