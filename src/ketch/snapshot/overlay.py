@@ -41,7 +41,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from ketch.errors import ImageError, SyscallError
+from ketch.errors import DigestMismatch, ImageError, LayerError, SyscallError
 from ketch.linux import syscalls
 from ketch.oci.image import chain_ids, check_digest
 
@@ -127,7 +127,7 @@ class Snapshotter:
         (same chain ID, from any image) are reused.  Each new layer is checked
         against its diff ID while it is unpacked.  Raises ImageError when the
         counts differ or a blob is missing, LayerError/DigestMismatch from
-        :func:`ketch.image.unpack.apply_layer`.
+        :func:`ketch.image.unpack.apply_layer` with the layer's digest prefixed.
         """
         descs = list(image.manifest.layers)
         diff_ids = list(image.config.diff_ids)
@@ -139,8 +139,12 @@ class Snapshotter:
             if self.has_layer(chain):
                 continue
             parents = [self.layer_path(c) for c in reversed(chains[:i])]
-            self._unpack(content.path(desc.digest), chain, diff_id,
-                         chains[i - 1] if i else None, parents)
+            try:
+                self._unpack(content.path(desc.digest), chain, diff_id,
+                             chains[i - 1] if i else None, parents)
+            except (LayerError, DigestMismatch) as e:
+                # The unpacker knows the bytes, not which blob they came from.
+                raise type(e)(f"layer {desc.digest}: {e}") from e
         return [self.layer_path(c) for c in reversed(chains)]
 
     def add_layer(self, blob: Path | str, diff_id: str, parent: str | None = None) -> str:
