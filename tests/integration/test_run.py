@@ -256,3 +256,30 @@ def test_container_without_rm_is_kept_until_rm(images):
     assert not list(images.root.glob("snapshots/rw/*"))
     p = images("rm", "kept")
     assert p.returncode != 0 and b"No such container" in p.stderr
+
+
+def test_kill_9_of_ketch_and_container_leaves_no_mount(images):
+    """The rootfs overlay lives in ketch's private mount namespace: nothing on
+    the host to leak, whatever is killed; rm -f then removes the record."""
+    p = subprocess.Popen(images.argv("run", "--name", "killed", "alpine:3.20.3", "sh", "-c", "echo up; sleep 60"),
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        assert p.stdout.readline() == b"up\n"
+        from tests.conftest import mounts_under
+        assert not mounts_under(str(images.root)), "the overlay must not be visible on the host"
+        rec = next(json.loads((d / "container.json").read_text())
+                   for d in (images.root / "containers").iterdir()
+                   if json.loads((d / "container.json").read_text())["Name"] == "killed")
+        p.kill()
+        p.wait()
+        os.kill(rec["Pid"], signal.SIGKILL)
+        for _ in range(100):
+            if not os.path.exists(f"/proc/{rec['Pid']}"):
+                break
+            time.sleep(0.05)
+        assert not mounts_under(str(images.root))
+    finally:
+        p.kill()
+        p.wait()
+        images("rm", "-f", "killed")
+    assert "killed" not in images.out("ps", "-a")

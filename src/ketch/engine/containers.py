@@ -180,6 +180,11 @@ class Engine:
         ImageNotFound, UsageError, SpecError, ExecError (126/127) or
         KetchError; whatever was created for the container is removed again
         on failure, and after exit when ``opts.rm``.
+
+        The calling process moves to a private mount namespace first (see
+        :func:`private_mounts`): the rootfs overlay is never visible on the
+        host, and no mount survives this process and the container, even
+        when both are killed with SIGKILL.
         """
         from ketch.engine.spec import build_spec, create_bind_sources, make_hosts_files, make_workdir
 
@@ -198,6 +203,7 @@ class Engine:
             lowers = self.snapshots.ensure_image(self.images.content, image)
             upper, work = self.snapshots.prepare_rw(rec.Id)
             rootfs.mkdir()
+            private_mounts()
             self.snapshots.mount(lowers, upper, work, rootfs)
             mounted = True
             hostname = opts.hostname or rec.Id[:12]
@@ -296,6 +302,29 @@ class Engine:
         self.snapshots.unmount(rootfs)
         self._remove_files(rec.Id)
         return ref
+
+
+_private = False
+
+
+def private_mounts() -> None:
+    """Move this process to a new mount namespace whose mounts receive the
+    host's mount events but never send any back (``unshare(CLONE_NEWNS)``,
+    then ``/`` recursively ``MS_SLAVE``; mount_namespaces(7)).
+
+    Mounts made afterwards (the container's overlay root) exist only for this
+    process and its children, so the kernel removes them when the last of
+    those exits — a ``kill -9`` of ketch cannot leak them.  Idempotent per
+    process.  Raises SyscallError.
+    """
+    global _private
+    if _private:
+        return
+    from ketch.linux import syscalls as sc
+
+    sc.unshare(sc.CLONE_NEWNS)
+    sc.mount(None, "/", None, sc.MS_REC | sc.MS_SLAVE)
+    _private = True
 
 
 def _alive(pid: int) -> bool:
