@@ -150,14 +150,17 @@ def test_masked_and_readonly_proc_paths(images):
     assert out.split() == ["0", "ro", "0"], (masked[0], out)
 
 
-def test_tty_sees_window_size(images):
+def run_on_pty(argv: list[str], after_output: tuple[bytes, bytes] | None = None,
+               timeout: float = 60) -> tuple[int, bytes]:
+    """Run ``argv`` on a new pty of 33x77 as a terminal user would; when the
+    output contains ``after_output[0]``, type ``after_output[1]``.
+    Returns (exit code, everything the terminal showed)."""
     pid, master = pty.fork()
     if pid == 0:
         fcntl.ioctl(0, termios.TIOCSWINSZ, struct.pack("HHHH", 33, 77, 0, 0))
-        os.execv(images.argv()[0], images.argv("run", "--rm", "-t", "alpine:3.20.3", "sh", "-c",
-                                               "stty size; tty")[0:])
+        os.execv(argv[0], argv)
     out = b""
-    deadline = time.time() + 60
+    deadline = time.time() + timeout
     while time.time() < deadline:
         r, _, _ = select.select([master], [], [], 1)
         if r:
@@ -168,10 +171,38 @@ def test_tty_sees_window_size(images):
             if not data:
                 break
             out += data
+            if after_output and after_output[0] in out:
+                os.write(master, after_output[1])
+                after_output = None
+    else:
+        os.kill(pid, signal.SIGKILL)
     _, status = os.waitpid(pid, 0)
     os.close(master)
-    assert os.waitstatus_to_exitcode(status) == 0, out
+    return os.waitstatus_to_exitcode(status), out
+
+
+def test_tty_sees_window_size(images):
+    code, out = run_on_pty(images.argv("run", "--rm", "-t", "alpine:3.20.3", "sh", "-c", "stty size; tty"))
+    assert code == 0, out
     assert b"33 77" in out and b"/dev/pts/0" in out, out
+
+
+def test_tty_ctrl_c_reaches_the_container(images):
+    # ^C typed on ketch's (raw) terminal goes through the container's pty, whose
+    # line discipline sends SIGINT to the container's foreground group: busybox
+    # sh stops its sleep and exits 130 at once, as under `docker run -it`.
+    start = time.time()
+    code, out = run_on_pty(images.argv("run", "--rm", "-it", "alpine:3.20.3", "sh", "-c",
+                                       "echo ready; sleep 30; echo after"), after_output=(b"ready", b"\x03"))
+    assert code == 130 and b"after" not in out, out
+    assert time.time() - start < 20
+
+
+def test_tty_input_is_raw_and_interactive(images):
+    code, out = run_on_pty(images.argv("run", "--rm", "-it", "alpine:3.20.3", "sh", "-c",
+                                       "echo ready; read line; echo \"got [$line]\""),
+                           after_output=(b"ready", b"hello\r"))
+    assert code == 0 and b"got [hello]" in out, out
 
 
 def test_bad_input_errors(images, tmp_path):
