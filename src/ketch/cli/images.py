@@ -1,4 +1,4 @@
-"""Image commands: ``pull``, ``images``, ``image …``, ``tag``, ``rmi``, ``load``, ``import``, ``inspect``.
+"""Image commands: ``pull``, ``images``, ``image …``, ``tag``, ``rmi``, ``load``, ``save``, ``import``, ``inspect``.
 
 Thin layer over :mod:`ketch.image.store` and :mod:`ketch.image.transports`,
 with Docker's output formats (``docker images`` table, ``Untagged:``/
@@ -22,6 +22,7 @@ HELPS = {
     "tag": "Create a tag TARGET_IMAGE that refers to SOURCE_IMAGE",
     "rmi": "Remove one or more images",
     "load": "Load images from a tar archive (docker save or OCI archive) or STDIN",
+    "save": "Save one or more images to a tar archive (docker-archive or oci-archive), streamed to STDOUT by default",
     "import": "Import the contents from a tarball to create a filesystem image",
     "inspect": "Return low-level information on images",
 }
@@ -272,6 +273,26 @@ def run_load(args: argparse.Namespace, paths) -> int:
     return 0
 
 
+def configure_save(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-o", "--output", metavar="FILE", help="write to FILE (replaced atomically) instead of STDOUT")
+    p.add_argument("--format", default="docker-archive", choices=["docker-archive", "oci-archive"],
+                   help="archive format (default docker-archive, as docker save)")
+    p.add_argument("images", nargs="+", metavar="IMAGE", help="NAME[:TAG], a repository (all its tags) or an ID")
+
+
+def run_save(args: argparse.Namespace, paths) -> int:
+    from ketch.errors import KetchError
+    from ketch.image.save import save
+    if args.output is None or args.output == "-":
+        if sys.stdout.isatty():
+            raise KetchError("cowardly refusing to save to a terminal. Use the -o flag or redirect")
+        sys.stdout.flush()
+        save(_store(paths), args.images, sys.stdout.buffer, args.format)
+    else:
+        save(_store(paths), args.images, args.output, args.format)
+    return 0
+
+
 def configure_import(p: argparse.ArgumentParser) -> None:
     p.add_argument("-c", "--change", action="append", default=[], metavar="INSTRUCTION",
                    help="apply a Dockerfile instruction (CMD, ENTRYPOINT, ENV, WORKDIR, USER, LABEL, "
@@ -402,7 +423,7 @@ def render_format(fmt: str, doc: dict) -> str:
 
 _IMAGE_SUBCOMMANDS = {
     "ls": "images", "list": "images", "rm": "rmi", "remove": "rmi", "tag": "tag", "pull": "pull",
-    "load": "load", "import": "import", "inspect": "inspect", "prune": "prune",
+    "load": "load", "save": "save", "import": "import", "inspect": "inspect", "prune": "prune",
 }
 
 

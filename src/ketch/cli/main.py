@@ -40,10 +40,12 @@ COMMANDS: dict[str, str] = {
     "tag": "images",
     "rmi": "images",
     "load": "images",
+    "save": "images",
     "import": "images",
     "inspect": "images",
     "login": "registry",
     "logout": "registry",
+    "push": "registry",
     "compat": "compat",
 }
 

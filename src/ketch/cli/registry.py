@@ -1,4 +1,8 @@
-"""``ketch login`` and ``ketch logout``: registry credentials in Docker's config file.
+"""``ketch login``, ``ketch logout`` and ``ketch push``.
+
+``login``/``logout`` keep registry credentials in Docker's config file;
+``push`` sends a stored image to a registry (:mod:`ketch.image.push`) with
+Docker's output.
 
 Thin commands over :mod:`ketch.image.auth`; ``login`` checks the
 credentials against the registry (``GET /v2/`` through the Basic or Bearer
@@ -13,6 +17,7 @@ import sys
 HELPS = {
     "login": "Log in to a registry",
     "logout": "Log out from a registry",
+    "push": "Upload an image to a registry",
 }
 HELP = HELPS["login"]
 
@@ -79,4 +84,34 @@ def run_logout(args: argparse.Namespace, paths) -> int:
         print(f"Removing login credentials for {shown}")
     else:
         print(f"Not logged in to {shown}")
+    return 0
+
+
+def configure_push(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-q", "--quiet", action="store_true", help="print only the reference pushed")
+    p.add_argument("--tls-verify", default="true", metavar="BOOL",
+                   help="check the registry's TLS certificate (default true; false also allows plain HTTP)")
+    p.add_argument("image", metavar="IMAGE[:TAG]", help="a stored image (its name is the destination "
+                                                         "unless DESTINATION is given)")
+    p.add_argument("destination", nargs="?", metavar="DESTINATION",
+                   help="[docker://]REGISTRY/REPOSITORY[:TAG] to push to (default: IMAGE)")
+
+
+def run_push(args: argparse.Namespace, paths) -> int:
+    """``docker push`` output: the repository, one line per layer event, then the digest."""
+    from ketch.image.progress import PlainProgress
+    from ketch.image.push import push, target_of
+    from ketch.image.store import ImageStore
+    store = ImageStore(paths)
+    tls = args.tls_verify.strip().lower() not in ("false", "0", "no", "off")
+    printer = None
+    if not args.quiet:
+        _, ref = target_of(store, args.image, args.destination)
+        printer = PlainProgress(sys.stdout)
+        printer.line(f"The push refers to repository [{ref.name}]")
+    r = push(store, args.image, args.destination, tls_verify=tls, progress=printer)
+    if printer is not None:
+        printer.line(f"{r.ref.tag}: digest: {r.digest} size: {r.size}")
+    else:
+        print(str(r.ref))
     return 0

@@ -1,4 +1,4 @@
-"""Pull progress as Docker prints it.
+"""Pull and push progress as Docker prints it.
 
 Not a TTY: one plain line per layer event, as ``docker pull | cat`` shows::
 
@@ -22,7 +22,7 @@ import sys
 import threading
 from typing import TextIO
 
-_QUIET_PLAIN = frozenset({"Downloading"})
+_QUIET_PLAIN = frozenset({"Downloading", "Pushing"})
 
 
 def human_size(size: float) -> str:
@@ -73,6 +73,10 @@ class PlainProgress:
         verb = "Image is up to date for" if result.up_to_date else "Downloaded newer image for"
         self._print(f"Status: {verb} {ref.familiar}")
 
+    def line(self, text: str) -> None:
+        """Print one whole line (a header or footer), serialized with the events."""
+        self._print(text)
+
     def _print(self, line: str) -> None:
         with self._lock:
             print(line, file=self.out, flush=True)
@@ -83,8 +87,8 @@ class PlainProgress:
                 return
             self._print(f"{p.id}: {p.status}")
             return
-        if p.status == "Downloading":
-            text = f"{p.id}: Downloading {bar(p.current, p.total)}"
+        if p.status in _QUIET_PLAIN:
+            text = f"{p.id}: {p.status} {bar(p.current, p.total)}"
         else:
             text = f"{p.id}: {p.status}"
         with self._lock:

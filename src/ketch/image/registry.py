@@ -289,7 +289,11 @@ class RegistryClient:
         realm = params.get("realm")
         if not realm:
             raise ImageError(f"{self.domain}: Bearer challenge without a realm")
-        query = {k: v for k, v in (("service", params.get("service")), ("scope", scope)) if v}
+        # ``scope`` may hold several space-separated scopes (a push that mounts a blob
+        # from another repository needs ``repository:a:pull,push repository:b:pull``);
+        # each is sent as its own ``scope=`` parameter, as Docker does.
+        query = [("service", params["service"])] if params.get("service") else []
+        query += [("scope", s) for s in scope.split() if s]
         url = realm + ("&" if "?" in realm else "?") + urlencode(query) if query else realm
         headers = {"User-Agent": USER_AGENT}
         basic = self._basic()
@@ -311,11 +315,16 @@ class RegistryClient:
         return str(token)
 
     # -- requests -----------------------------------------------------------
-    def _raw(self, method: str, url: str, headers: dict[str, str], stream: bool):
-        """One request, with TLS/connection errors turned into ImageError or _Transient."""
+    def _raw(self, method: str, url: str, headers: dict[str, str], stream: bool, body: Any = None):
+        """One request, with TLS/connection errors turned into ImageError or _Transient.
+
+        ``body`` is None, bytes, or a callable returning bytes or a fresh
+        readable file (called once per send, so a retried upload starts over).
+        """
         exc = self._urllib3.exceptions
+        data = body() if callable(body) else body
         try:
-            return self._http.request(method, url, headers=headers, preload_content=not stream,
+            return self._http.request(method, url, headers=headers, body=data, preload_content=not stream,
                                       decode_content=False, redirect=False, retries=False)
         except exc.SSLError as e:
             if not self.tls_verify and url.startswith("https://") and self.scheme == "https":
@@ -331,7 +340,7 @@ class RegistryClient:
             raise _Transient(f"{urlsplit(url).netloc}: {_reason(e)}") from None
 
     def request(self, method: str, path: str, *, scope: str, headers: dict[str, str] | None = None,
-                stream: bool = False, on_retry: Callable[[str, float], None] | None = None):
+                stream: bool = False, on_retry: Callable[[str, float], None] | None = None, body: Any = None):
         """Send ``method path`` (``/v2/…`` or an absolute URL) with auth, redirects and retries.
 
         Returns the urllib3 response (unread when ``stream``); the caller
@@ -341,7 +350,7 @@ class RegistryClient:
         attempt = 0
         while True:
             try:
-                return self._request_once(method, path, scope, headers or {}, stream)
+                return self._request_once(method, path, scope, headers or {}, stream, body)
             except _Transient as e:
                 attempt += 1
                 if attempt > self.retries or self.cancelled.is_set():
@@ -359,7 +368,8 @@ class RegistryClient:
             d = max(d, min(retry_after, 2 * MAX_BACKOFF))
         return d
 
-    def _request_once(self, method: str, path: str, scope: str, headers: dict[str, str], stream: bool):
+    def _request_once(self, method: str, path: str, scope: str, headers: dict[str, str], stream: bool,
+                      body: Any = None):
         url = path if "://" in path else self.base + path
         origin = urlsplit(url).netloc
         authed_retry = False
@@ -372,11 +382,13 @@ class RegistryClient:
                     value = self._authorize(scope, None)
                 if value:
                     h["Authorization"] = value
-            r = self._raw(method, url, h, stream)
+            r = self._raw(method, url, h, stream, body)
             if r.status in (301, 302, 303, 307, 308) and r.headers.get("Location"):
                 r.drain_conn()
                 r.release_conn()
                 url = urljoin(url, r.headers["Location"])
+                if r.status == 303:
+                    method, body = "GET", None
                 continue
             if r.status == 401 and same_host and not authed_retry:
                 challenge = r.headers.get("WWW-Authenticate")
