@@ -84,8 +84,15 @@ def test_sigkill_of_pid1_from_host_gives_137(images):
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         assert p.stdout.readline() == b"up\n"
-        recs = [json.loads((d / "container.json").read_text()) for d in (images.root / "containers").iterdir()]
-        pid = next(r["Pid"] for r in recs if r["Name"] == "victim")
+        # The record gets its Pid once `start` has returned, which may be after the
+        # program's first output; kill(0) would signal our own process group.
+        for _ in range(500):
+            recs = [json.loads((d / "container.json").read_text()) for d in (images.root / "containers").iterdir()]
+            pid = next(r["Pid"] for r in recs if r["Name"] == "victim")
+            if pid:
+                break
+            time.sleep(0.01)
+        assert pid > 0
         os.kill(pid, signal.SIGKILL)
         assert p.wait(timeout=30) == 137
     finally:

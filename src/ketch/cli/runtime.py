@@ -284,7 +284,7 @@ def cmd_create(g: Args, a: Args, log: Log) -> int:
     _warn_ignored(log, bundle)
     console = _connect_console(a.console_socket) if a.console_socket else None
     try:
-        _runtime(g).create(cid, bundle, console_socket=console, pid_file=a.pid_file, subreaper=False)
+        _runtime(g).create(cid, bundle, console_socket=console, pid_file=a.pid_file, subreaper=False, preserve_fds=len(keep))
     finally:
         if console is not None:
             console.close()
@@ -328,6 +328,9 @@ def cmd_kill(g: Args, a: Args, log: Log) -> int:
             if a.all:  # runc: nothing left to signal is not an error with --all
                 return 0
             raise Failure("container not running")
+        if a.all and state.cgroup:  # every process of its cgroup, frozen meanwhile
+            rt.kill(cid, sig, all=True)
+            return 0
         targets = container_pids(state) if a.all else [state.pid]
         for pid in targets:
             try:
@@ -366,7 +369,7 @@ def cmd_run(g: Args, a: Args, log: Log) -> int:
     if a.detach:
         console = _connect_console(a.console_socket) if a.console_socket else None
         try:
-            rt.create(cid, bundle, console_socket=console, pid_file=a.pid_file, subreaper=False)
+            rt.create(cid, bundle, console_socket=console, pid_file=a.pid_file, subreaper=False, preserve_fds=len(keep))
         finally:
             if console is not None:
                 console.close()
@@ -396,7 +399,7 @@ def _run_foreground(rt, cid: str, bundle: str, a: Args) -> int:
     elif terminal:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
-        state = rt.create(cid, bundle, console_socket=theirs, pid_file=a.pid_file, subreaper=True)
+        state = rt.create(cid, bundle, console_socket=theirs, pid_file=a.pid_file, subreaper=True, preserve_fds=len(keep))
     finally:
         if theirs is not None:
             theirs.close()
@@ -468,7 +471,10 @@ def cmd_ps(g: Args, a: Args, log: Log) -> int:
     if not a.positional:
         raise Failure('"ps" requires at least 1 argument(s)')
     cid, ps_args = a.positional[0], a.positional[1:]
-    pids = container_pids(_runtime(g).load(cid))
+    rt = _runtime(g)
+    pids = rt.pids(cid)  # from its cgroup
+    if pids is None:
+        pids = container_pids(rt.load(cid))
     fmt = a.format or "table"
     if fmt == "json":
         _print_json(pids)
@@ -501,12 +507,8 @@ def _freezer(op: str):
         cid = _one_id(a, op)
         rt = _runtime(g)
         rt.load(cid)
-        method = getattr(rt, op, None)  # Runtime.pause/resume come with cgroup support
-        if method is None:
-            raise Failure(f"cannot {op} container {cid}: it has no freezer cgroup "
-                          "(ketch-runtime does not manage cgroups yet)")
         with rt.locked(cid):
-            method(cid)
+            getattr(rt, op)(cid)
         return 0
     return cmd
 

@@ -74,7 +74,20 @@ PR_SET_PDEATHSIG = 1
 PR_SET_NAME = 15
 PR_SET_NO_NEW_PRIVS = 38
 PR_SET_CHILD_SUBREAPER = 36
+PR_CAPBSET_READ = 23
 PR_CAPBSET_DROP = 24
+PR_SET_KEEPCAPS = 8
+PR_CAP_AMBIENT = 47
+PR_CAP_AMBIENT_RAISE = 2
+PR_CAP_AMBIENT_CLEAR_ALL = 4
+
+# --- capset(2), <linux/capability.h> --------------------------------------------------
+_LINUX_CAPABILITY_VERSION_3 = 0x20080522
+
+# --- ioprio_set(2), sched_setattr(2), personality(2): x86-64 syscall numbers ----------
+_SYS_ioprio_set = 251
+_SYS_sched_setattr = 314
+IOPRIO_WHO_PROCESS = 1
 
 _mount = _libc.mount
 _mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_char_p]
@@ -91,6 +104,12 @@ _setdomainname.argtypes = [ctypes.c_char_p, ctypes.c_size_t]
 _prctl = _libc.prctl
 _prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
 _syscall = _libc.syscall
+_capset = _libc.capset
+_capset.argtypes = [ctypes.c_void_p, ctypes.c_void_p]
+_capget = _libc.capget
+_capget.argtypes = [ctypes.c_void_p, ctypes.c_void_p]
+_personality = _libc.personality
+_personality.argtypes = [ctypes.c_ulong]
 _SYS_pivot_root = 155  # x86_64
 
 
@@ -148,3 +167,58 @@ def setdomainname(name: str) -> None:
 def prctl(option: int, arg2: int = 0, arg3: int = 0, arg4: int = 0, arg5: int = 0) -> int:
     """prctl(2); returns the call's non-negative result."""
     return _check(_prctl(option, arg2, arg3, arg4, arg5), "prctl")
+
+
+class _CapHeader(ctypes.Structure):
+    _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+
+
+class _CapData(ctypes.Structure):
+    _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32),
+                ("inheritable", ctypes.c_uint32)]
+
+
+def capset(effective: int, permitted: int, inheritable: int) -> None:
+    """capset(2) on this thread with 64-bit masks (``_LINUX_CAPABILITY_VERSION_3``)."""
+    hdr = _CapHeader(_LINUX_CAPABILITY_VERSION_3, 0)
+    data = (_CapData * 2)()
+    for i in (0, 1):
+        shift = 32 * i
+        data[i].effective = (effective >> shift) & 0xFFFFFFFF
+        data[i].permitted = (permitted >> shift) & 0xFFFFFFFF
+        data[i].inheritable = (inheritable >> shift) & 0xFFFFFFFF
+    _check(_capset(ctypes.byref(hdr), data), "capset")
+
+
+def capget() -> tuple[int, int, int]:
+    """capget(2) of this thread: (effective, permitted, inheritable) 64-bit masks."""
+    hdr = _CapHeader(_LINUX_CAPABILITY_VERSION_3, 0)
+    data = (_CapData * 2)()
+    _check(_capget(ctypes.byref(hdr), data), "capget")
+    e, p, i = ((getattr(data[0], f) | getattr(data[1], f) << 32) for f in ("effective", "permitted", "inheritable"))
+    return e, p, i
+
+
+def personality(persona: int) -> int:
+    """personality(2); returns the previous persona."""
+    return _check(_personality(persona), "personality")
+
+
+def ioprio_set(ioclass: int, priority: int, who: int = 0) -> None:
+    """ioprio_set(2) for process ``who`` (0: this one): ``(class << 13) | priority``."""
+    _check(_syscall(_SYS_ioprio_set, IOPRIO_WHO_PROCESS, who, (ioclass << 13) | priority), "ioprio_set")
+
+
+class _SchedAttr(ctypes.Structure):
+    _fields_ = [("size", ctypes.c_uint32), ("sched_policy", ctypes.c_uint32), ("sched_flags", ctypes.c_uint64),
+                ("sched_nice", ctypes.c_int32), ("sched_priority", ctypes.c_uint32),
+                ("sched_runtime", ctypes.c_uint64), ("sched_deadline", ctypes.c_uint64),
+                ("sched_period", ctypes.c_uint64)]
+
+
+def sched_setattr(policy: int, flags: int = 0, nice: int = 0, priority: int = 0, runtime: int = 0,
+                  deadline: int = 0, period: int = 0, pid: int = 0) -> None:
+    """sched_setattr(2) for ``pid`` (0: this thread)."""
+    attr = _SchedAttr(ctypes.sizeof(_SchedAttr), policy, flags, nice, priority, runtime, deadline, period)
+    _check(_syscall(_SYS_sched_setattr, ctypes.c_int(pid), ctypes.byref(attr), ctypes.c_uint(0)),
+           "sched_setattr")

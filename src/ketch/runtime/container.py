@@ -54,13 +54,20 @@ class Status(str, enum.Enum):
     CREATING = "creating"
     CREATED = "created"
     RUNNING = "running"
+    PAUSED = "paused"
     STOPPED = "stopped"
 
     def can_start(self) -> bool:
         return self is Status.CREATED
 
     def can_kill(self) -> bool:
+        return self in (Status.CREATED, Status.RUNNING, Status.PAUSED)
+
+    def can_pause(self) -> bool:
         return self in (Status.CREATED, Status.RUNNING)
+
+    def can_resume(self) -> bool:
+        return self is Status.PAUSED
 
     def can_delete(self) -> bool:
         return self is Status.STOPPED
@@ -91,17 +98,28 @@ class State:
     rootfs: str = ""
     annotations: dict[str, str] = field(default_factory=dict)
     created: str = ""
+    cgroup: dict | None = None  # ketch.runtime.cgroups.Cgroup.to_json()
     dir: Path = Path()
 
     @property
     def fifo(self) -> Path:
         return self.dir / "exec.fifo"
 
+    def cgroups(self):
+        """The container's :class:`~ketch.runtime.cgroups.Cgroup`, or None."""
+        if not self.cgroup:
+            return None
+        from ketch.runtime.cgroups import Cgroup
+        return Cgroup.from_json(self.cgroup)
+
     def status(self) -> Status:
         if not self.pid:
             return Status.CREATING
         if _proc_start_time(self.pid) != self.start_time:
             return Status.STOPPED
+        cg = self.cgroups()
+        if cg is not None and cg.frozen():
+            return Status.PAUSED
         return Status.CREATED if self.fifo.exists() else Status.RUNNING
 
     def to_json(self) -> dict:
@@ -113,7 +131,8 @@ class State:
 
     def save(self) -> None:
         body = {"id": self.id, "bundle": self.bundle, "pid": self.pid, "start_time": self.start_time,
-                "rootfs": self.rootfs, "annotations": self.annotations, "created": self.created}
+                "rootfs": self.rootfs, "annotations": self.annotations, "created": self.created,
+                "cgroup": self.cgroup}
         tmp = self.dir / "state.json.tmp"
         tmp.write_text(json.dumps(body))
         os.replace(tmp, self.dir / "state.json")
@@ -163,7 +182,7 @@ class Runtime:
     # ------------------------------------------------------------------ create
     def create(self, cid: str, bundle: Path | str, *, stdio: tuple[int, int, int] = (0, 1, 2),
                console_socket: socket.socket | None = None, pid_file: str | None = None,
-               subreaper: bool = False, spec: Spec | None = None) -> State:
+               subreaper: bool = False, spec: Spec | None = None, preserve_fds: int = 0) -> State:
         """Create container ``cid`` from the bundle (``config.json`` + rootfs).
 
         Returns the state with status ``created``: PID 1 exists in its
@@ -204,10 +223,14 @@ class Runtime:
             raise ContainerStateError(f"container with id {cid} already exists") from None
         state = State(id=cid, bundle=str(bundle), rootfs=rootfs, annotations=dict(spec.annotations),
                       created=time.strftime("%Y-%m-%dT%H:%M:%S.000000000Z", time.gmtime()), dir=d)
+        cg = None
         try:
             state.save()
             os.mkfifo(state.fifo, 0o622)
-            pid = self._spawn(spec, rootfs, state, stdio, console_socket, subreaper)
+            cg = self._make_cgroup(cid, spec)
+            state.cgroup = cg.to_json()
+            state.save()
+            pid = self._spawn(spec, rootfs, state, stdio, console_socket, subreaper, cg, preserve_fds)
             state.pid = pid
             state.start_time = _proc_start_time(pid)
             state.save()
@@ -219,12 +242,29 @@ class Runtime:
         except BaseException:
             if state.pid:
                 _kill_quietly(state.pid)
+            if cg is not None:
+                try:
+                    cg.destroy()
+                except KetchError:
+                    pass
             shutil.rmtree(d, ignore_errors=True)
             raise
         return state
 
+    @staticmethod
+    def _make_cgroup(cid: str, spec: Spec):
+        """Create the container's cgroup with its limits, before any of its
+        processes exists (see :mod:`ketch.runtime.cgroups`)."""
+        from ketch.runtime.cgroups import DEFAULT_ALLOWED_DEVICES, Cgroup
+
+        cg = Cgroup.for_container(spec.linux.cgroupsPath, cid)
+        devs = tuple(("c" if d.type == "u" else d.type, d.major, d.minor, "rwm")
+                     for d in spec.linux.devices if d.type in ("c", "u", "b"))
+        cg.create(spec.linux.resources, devs + DEFAULT_ALLOWED_DEVICES)
+        return cg
+
     def _spawn(self, spec: Spec, rootfs: str, state: State, stdio: tuple[int, int, int],
-               console: socket.socket | None, subreaper: bool) -> int:
+               console: socket.socket | None, subreaper: bool, cg=None, preserve_fds: int = 0) -> int:
         """Fork PID 1 (see :mod:`ketch.runtime.sync`); return its host PID.
 
         A caller that reaps PID 1 itself (``subreaper``) and asks only for new
@@ -255,8 +295,8 @@ class Runtime:
         sys.stdout.flush()
         sys.stderr.flush()
         if direct:
-            pid = self._fork_direct(flags, stdio, parent, child,
-                                    lambda: container_init(spec, rootfs, child, fifo_fd, console, new_netns))
+            pid = self._fork_direct(flags, stdio, parent, child, cg,
+                                    lambda: container_init(spec, rootfs, child, fifo_fd, console, new_netns, preserve_fds))
             inter = None
         else:
             pid = None
@@ -264,6 +304,8 @@ class Runtime:
         if inter == 0:  # ---------------------------------------- intermediate
             try:
                 parent.close()
+                if cg is not None:  # before any unshare/setns: the cgroup namespace is rooted here
+                    cg.join(0)
                 for i, fd in enumerate(stdio):
                     if fd != i:
                         os.dup2(fd, i, inheritable=True)
@@ -275,7 +317,7 @@ class Runtime:
                 sc.unshare(flags)
                 init = os.fork()
                 if init == 0:  # ------------------------------------ PID 1
-                    container_init(spec, rootfs, child, fifo_fd, console, new_netns)
+                    container_init(spec, rootfs, child, fifo_fd, console, new_netns, preserve_fds)
                 child.send(sync.Pid(init))
                 os._exit(0)
             except BaseException as e:  # noqa: BLE001
@@ -323,7 +365,7 @@ class Runtime:
             parent.close()
 
     @staticmethod
-    def _fork_direct(flags: int, stdio: tuple[int, int, int], parent, child, init) -> int:
+    def _fork_direct(flags: int, stdio: tuple[int, int, int], parent, child, cg, init) -> int:
         """Fork PID 1 as our own child (see :meth:`_spawn`); the child calls ``init()``,
         which never returns.  Returns the child's PID.
 
@@ -357,6 +399,8 @@ class Runtime:
             if own_pidns is not None:
                 os.close(own_pidns)
             parent.close()
+            if cg is not None:  # before unshare(CLONE_NEWCGROUP): the namespace is rooted here
+                cg.join(0)
             for i, fd in enumerate(stdio):
                 if fd != i:
                     os.dup2(fd, i, inheritable=True)
@@ -405,13 +449,51 @@ class Runtime:
         return state
 
     # ------------------------------------------------------------------ kill, delete
-    def kill(self, cid: str, sig: int = signal.SIGTERM) -> None:
-        """Send ``sig`` to PID 1.  Raises ContainerStateError unless created or running."""
+    def kill(self, cid: str, sig: int = signal.SIGTERM, all: bool = False) -> None:
+        """Send ``sig`` to PID 1, or with ``all`` to every process of the
+        container's cgroup.  Raises ContainerStateError unless created,
+        running or paused."""
         state = self.load(cid)
         st = state.status()
         if not st.can_kill():
             raise ContainerStateError(f"cannot kill a container that is {st.value}: {cid}")
-        os.kill(state.pid, sig)
+        cg = state.cgroups()
+        if all and cg is not None:
+            cg.kill_all(sig)
+        else:
+            os.kill(state.pid, sig)
+
+    def pids(self, cid: str) -> list[int] | None:
+        """Host PIDs of the container's processes from its cgroup (PID 1
+        first), or None when it has no cgroup."""
+        state = self.load(cid)
+        cg = state.cgroups()
+        if cg is None:
+            return None
+        if state.status() in (Status.STOPPED, Status.CREATING):
+            return []
+        pids = cg.pids()
+        pids.sort(key=lambda p: (p != state.pid, p))
+        return pids
+
+    def pause(self, cid: str) -> None:
+        """Freeze every process of the container (its freezer cgroup)."""
+        state = self.load(cid)
+        st = state.status()
+        if not st.can_pause():
+            raise ContainerStateError(f"cannot pause a container that is {st.value}: {cid}")
+        cg = state.cgroups()
+        if cg is None:
+            raise ContainerStateError(f"cannot pause container {cid}: it has no cgroup")
+        cg.freeze(True)
+
+    def resume(self, cid: str) -> None:
+        """Thaw a paused container."""
+        state = self.load(cid)
+        st = state.status()
+        if not st.can_resume():
+            raise ContainerStateError(f"cannot resume a container that is {st.value}: {cid}")
+        state.cgroups().freeze(False)
 
     def delete(self, cid: str, force: bool = False) -> None:
         """Remove the container's runtime state (runtime.md "delete").
@@ -430,14 +512,21 @@ class Runtime:
                 return
             raise
         st = state.status()
+        cg = state.cgroups()
         if not st.can_delete():
             if not force:
                 raise ContainerStateError(f"cannot delete container {cid} that is not stopped: {st.value}")
+            if cg is not None:
+                cg.kill_all(signal.SIGKILL)
+                if cg.frozen():
+                    cg.freeze(False)
             _kill_quietly(state.pid)
             for _ in range(200):
                 if state.status() == Status.STOPPED:
                     break
                 time.sleep(0.01)
+        if cg is not None:
+            cg.destroy()
         shutil.rmtree(state.dir, ignore_errors=True)
 
 

@@ -3,10 +3,10 @@
 Derived from the tables the code acts on, so it cannot claim more than the
 runtime does: mount options from :mod:`ketch.runtime.mountopts`, namespaces
 from :data:`ketch.runtime.container.NAMESPACE_FLAGS` (in the order of
-:data:`ketch.oci.runtime.NAMESPACE_TYPES`).  A part of the spec that is
-parsed but not yet applied (hooks, capabilities, seccomp, cgroups, AppArmor,
-SELinux) is reported as absent or disabled; extend this module together with
-the code that implements it.
+:data:`ketch.oci.runtime.NAMESPACE_TYPES`), capabilities from
+:data:`ketch.runtime.capabilities.CAPABILITIES`.  A part of the spec that is
+parsed but not yet applied is reported as absent or disabled; extend this
+module together with the code that implements it.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from typing import Any
 
 import ketch
 from ketch.oci.runtime import NAMESPACE_TYPES, OCI_VERSION, Linux
+from ketch.runtime.capabilities import CAPABILITIES
 from ketch.runtime.container import NAMESPACE_FLAGS
 from ketch.runtime.mountopts import MOUNT_FLAGS, PROPAGATION_FLAGS
 
@@ -44,8 +45,9 @@ def features() -> dict[str, Any]:
         "mountOptions": mount_options(),
         "linux": {
             "namespaces": namespaces(),
-            # "capabilities" omitted: unknown (process.capabilities is not applied yet).
-            "cgroup": {"v1": False, "v2": False, "systemd": False, "systemdUser": False, "rdma": False},
+            "capabilities": list(CAPABILITIES),
+            # v2: every limit but device rules (eBPF not loaded, see ketch.runtime.cgroups).
+            "cgroup": {"v1": True, "v2": True, "systemd": False, "systemdUser": False, "rdma": False},
             "seccomp": {"enabled": False},
             "apparmor": {"enabled": False},
             "selinux": {"enabled": False},

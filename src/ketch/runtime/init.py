@@ -43,6 +43,7 @@ import termios
 from ketch.errors import ExecError, KetchError
 from ketch.linux import syscalls as sc
 from ketch.oci.runtime import Spec
+from ketch.runtime import capabilities as caps
 from ketch.runtime import rootfs as rfs
 from ketch.runtime.sync import Channel, Error, Ready
 
@@ -56,12 +57,13 @@ RLIMITS = {name: getattr(resource, name) for name in dir(resource) if name.start
 
 
 def container_init(spec: Spec, rootfs: str, chan: Channel, fifo_fd: int,
-                   console: socket.socket | None, new_netns: bool) -> None:
+                   console: socket.socket | None, new_netns: bool, preserve_fds: int = 0) -> None:
     """Run steps 1–9 in PID 1 of the container; never returns.
 
     ``fifo_fd`` is an ``O_PATH`` descriptor of the exec fifo opened before
     pivot_root; ``console`` the socket to send a pty master on when
-    ``spec.process.terminal``.  Failures are reported to the parent as an
+    ``spec.process.terminal``; fds 3..3+``preserve_fds``-1 stay open in the
+    program, every other fd above 2 is closed on exec.  Failures are reported to the parent as an
     ``Error`` message and end the process.
     """
     code = 125
@@ -98,6 +100,7 @@ def container_init(spec: Spec, rootfs: str, chan: Channel, fifo_fd: int,
         # Docker reports it; found as root, so the user's own permission is
         # checked by execve itself.
         path = find_executable(proc.args[0], env.get("PATH", ""))
+        capmasks = caps.masks(proc.capabilities) if proc.capabilities is not None else None
         chan.send(Ready())
         # Block until `start`.  Before dropping privileges: a non-root process
         # is not dumpable and may not reopen /proc/self/fd/N.
@@ -106,13 +109,20 @@ def container_init(spec: Spec, rootfs: str, chan: Channel, fifo_fd: int,
         os.close(fd)
         os.close(fifo_fd)
         user = proc.user
+        if capmasks is not None:  # runc's finalizeNamespace: bounding set while we may, keep caps across setuid
+            caps.drop_bounding(capmasks)
+            caps.keep_caps(True)
         os.setgroups(list(user.additionalGids))
         os.setgid(user.gid)
         os.setuid(user.uid)
+        if capmasks is not None:
+            caps.keep_caps(False)
+            caps.apply_sets(capmasks)
         os.umask(0o022 if user.umask is None else user.umask)
         if proc.noNewPrivileges:
             sc.prctl(sc.PR_SET_NO_NEW_PRIVS, 1)
         code = 126
+        close_exec_from(3 + preserve_fds)
         try:
             os.execve(path, list(proc.args), env)
         except OSError as e:
@@ -139,6 +149,20 @@ def _describe(e: BaseException | None) -> str:
     name = t.__qualname__ if t.__module__ in ("builtins", "__main__") else f"{t.__module__}.{t.__qualname__}"
     msg = str(e)
     return (f"{name}: {msg}" if msg else name).strip().splitlines()[-1]
+
+
+def close_exec_from(first: int) -> None:
+    """Mark every open fd >= ``first`` close-on-exec, so the program gets only
+    stdio and the fds the caller preserved (runc's ``CloseExecFrom``): a
+    descriptor inherited from whoever started ketch — a host file, a
+    directory, a socket — must never reach the container."""
+    for name in os.listdir("/proc/self/fd"):
+        fd = int(name)
+        if fd >= first:
+            try:
+                os.set_inheritable(fd, False)
+            except OSError:  # the directory listing's own fd, closed by now
+                pass
 
 
 def _fail(chan: Channel, message: str, code: int) -> None:

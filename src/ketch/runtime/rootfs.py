@@ -74,8 +74,9 @@ def prepare_rootfs(spec: Spec, rootfs: str, console_slave: str | None = None) ->
     prop = PROPAGATION_FLAGS.get(spec.linux.rootfsPropagation or "rslave", sc.MS_SLAVE | sc.MS_REC)
     sc.mount(None, "/", None, prop)
     sc.mount(rootfs, rootfs, None, sc.MS_BIND | sc.MS_REC)
+    own_cgroupns = spec.linux.namespace("cgroup") is not None
     for m in spec.mounts:
-        mount_entry(rootfs, m)
+        mount_entry(rootfs, m, own_cgroupns)
     setup_dev(rootfs, spec)
     pivot_root(rootfs)
 
@@ -109,11 +110,12 @@ def _mountpoint(rootfs: str, dest: str, is_dir: bool) -> str:
     return path
 
 
-def mount_entry(rootfs: str, m: Mount) -> None:
+def mount_entry(rootfs: str, m: Mount, own_ns: bool = True) -> None:
     """Mount one spec ``mounts`` entry under ``rootfs``.
 
     Supports bind/rbind (any source), proc, sysfs, tmpfs, devpts, mqueue,
-    cgroup/cgroup2 and any other filesystem type by name.  Raises SyscallError
+    cgroup/cgroup2 and any other filesystem type by name.  ``own_ns``: the
+    container has its own cgroup namespace (a cgroup mount shows its cgroup).  Raises SyscallError
     naming the destination, or SpecError for a bind source that does not exist.
     """
     opts = parse_options(m.options)
@@ -129,7 +131,7 @@ def mount_entry(rootfs: str, m: Mount) -> None:
         if opts.bind_remount_flags:
             remount_bind(target, opts.bind_remount_flags)
     elif mtype == "cgroup":
-        _mount_cgroup(rootfs, m, opts.flags)
+        _mount_cgroup(rootfs, m, opts.flags, own_ns)
         return
     else:
         target = _mountpoint(rootfs, m.destination, True)
@@ -159,14 +161,26 @@ def _host_cgroup_mounts() -> list[tuple[str, str, str]]:
     return out
 
 
-def _mount_cgroup(rootfs: str, m: Mount, flags: int) -> None:
+def _own_cgroups() -> dict[str, str]:
+    out = {}
+    with open("/proc/self/cgroup") as f:
+        for line in f:
+            _id, ctrls, path = line.rstrip("\n").split(":", 2)
+            out[ctrls] = path
+    return out
+
+
+def _mount_cgroup(rootfs: str, m: Mount, flags: int, own_ns: bool = True) -> None:
     """Mount the container's view of the cgroup hierarchies at ``m.destination``.
 
     cgroup v2 only: one ``cgroup2`` mount.  v1 or hybrid: a tmpfs with one
     mount per v1 hierarchy (named as on the host, ``cpu,cpuacct`` …) and the
     unified one, all seen through the container's cgroup namespace (runc's
-    mountCgroupV1).  Read-only when the spec says ``ro``.
+    mountCgroupV1); without a cgroup namespace, each one is a bind mount of
+    the container's own cgroup directory, so it still sees only its cgroup.
+    Read-only when the spec says ``ro``.
     """
+    own = {} if own_ns else _own_cgroups()
     target = _mountpoint(rootfs, m.destination, True)
     hier = _host_cgroup_mounts()
     base = "/sys/fs/cgroup"
@@ -184,13 +198,30 @@ def _mount_cgroup(rootfs: str, m: Mount, flags: int) -> None:
         dst = os.path.join(target, sub)
         os.makedirs(dst, exist_ok=True)
         data = ",".join(o for o in sopts.split(",") if o not in ("rw", "ro")) if fstype == "cgroup" else None
-        sc.mount("cgroup", dst, fstype, flags, data)
+        if not own_ns and (src := _cgroup_dir(mp, fstype, data or "", own)):
+            sc.mount(src, dst, None, sc.MS_BIND | sc.MS_REC)
+            remount_bind(dst, flags & (sc.MS_RDONLY | sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC))
+        else:
+            sc.mount("cgroup", dst, fstype, flags, data)
         for part in sub.split(","):  # comounted: cpu -> cpu,cpuacct
             if part != sub and not part.startswith("name=") and not os.path.lexists(os.path.join(target, part)):
                 os.symlink(sub, os.path.join(target, part))
     if flags & sc.MS_RDONLY:  # the tmpfs itself; each hierarchy was mounted with the spec's flags
         sc.mount(None, target, None, sc.MS_REMOUNT | sc.MS_RDONLY | sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC,
                  "mode=755")
+
+
+def _cgroup_dir(mp: str, fstype: str, data: str, own: dict[str, str]) -> str | None:
+    """The host directory of our own cgroup in the hierarchy mounted at ``mp``."""
+    if fstype == "cgroup2":
+        path = own.get("")
+    else:
+        opts = set(data.split(","))
+        path = next((p for k, p in own.items() if k and set(k.split(",")) <= opts), None)
+    if path is None:
+        return None
+    d = os.path.join(mp, path.lstrip("/"))
+    return d if os.path.isdir(d) else None
 
 
 def setup_dev(rootfs: str, spec: Spec) -> None:
