@@ -322,3 +322,22 @@ def test_kill_9_of_ketch_and_container_leaves_no_mount(images):
         p.wait()
         images("rm", "-f", "killed")
     assert "killed" not in images.out("ps", "-a")
+
+
+def test_callers_open_fds_do_not_reach_the_container(images, tmp_path):
+    """A descriptor ketch inherits (a host file, a host directory) must not be
+    usable inside: only stdio reaches the program."""
+    target = tmp_path / "host-file"
+    target.write_text("")
+    f = os.open(target, os.O_WRONLY | os.O_APPEND)
+    d = os.open("/etc", os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        p = images("run", "--rm", "alpine:3.20.3", "sh", "-c",
+                   f"echo leaked >&{f}; ls /proc/self/fd/{d}/ 2>/dev/null | head -1; ls /proc/self/fd",
+                   pass_fds=(f, d))
+    finally:
+        os.close(f)
+        os.close(d)
+    assert target.read_text() == ""
+    fds = p.stdout.decode().split()
+    assert fds == ["0", "1", "2", "3"], p.stdout  # 3: ls's own directory listing

@@ -380,10 +380,10 @@ def cmd_run(g: Args, a: Args, log: Log) -> int:
             rt.delete(cid, force=True)
             raise
         return 0
-    return _run_foreground(rt, cid, bundle, a)
+    return _run_foreground(rt, cid, bundle, a, len(keep))
 
 
-def _run_foreground(rt, cid: str, bundle: str, a: Args) -> int:
+def _run_foreground(rt, cid: str, bundle: str, a: Args, preserve_fds: int) -> int:
     """create + start, relay the terminal (if the process has one), forward
     signals, wait for PID 1 (we are its subreaper) and delete unless --keep."""
     import json
@@ -399,7 +399,7 @@ def _run_foreground(rt, cid: str, bundle: str, a: Args) -> int:
     elif terminal:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
-        state = rt.create(cid, bundle, console_socket=theirs, pid_file=a.pid_file, subreaper=True, preserve_fds=len(keep))
+        state = rt.create(cid, bundle, console_socket=theirs, pid_file=a.pid_file, subreaper=True, preserve_fds=preserve_fds)
     finally:
         if theirs is not None:
             theirs.close()
