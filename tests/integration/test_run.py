@@ -341,3 +341,12 @@ def test_callers_open_fds_do_not_reach_the_container(images, tmp_path):
     assert target.read_text() == ""
     fds = p.stdout.decode().split()
     assert fds == ["0", "1", "2", "3"], p.stdout  # 3: ls's own directory listing
+
+
+def test_docker_default_capabilities_protect_read_only_mounts(images, tmp_path):
+    out = images.out("run", "--rm", "alpine:3.20.3", "grep", "CapBnd", "/proc/self/status")
+    assert out.split() == ["CapBnd:", "00000000a80425fb"]  # what `docker run` shows
+    p = images("run", "--rm", "--read-only", "-v", f"{tmp_path}:/data:ro", "alpine:3.20.3", "sh", "-c",
+               "mount -o remount,rw / && touch /x; mount -o remount,rw /data && touch /data/x;"
+               "mount -o remount,rw /proc/sys && echo escaped")
+    assert b"escaped" not in p.stdout and not (tmp_path / "x").exists(), p.stderr

@@ -419,3 +419,16 @@ def test_make_workdir_inside_rootfs(tmp_path):
     with pytest.raises(SpecError, match="Cannot mkdir: /file is not a directory"):
         make_workdir(str(root), "/file")
     make_workdir(str(root), "/")  # exists: nothing to do
+
+
+# ---------------------------------------------------------------- capabilities
+
+def test_docker_default_capabilities_for_root_and_others(rootfs):
+    from ketch.engine.spec import DOCKER_DEFAULT_CAPABILITIES
+    caps = build(image(Cmd=("sh",)), RunOptions(), rootfs).process.capabilities
+    assert set(caps.bounding) == set(caps.effective) == set(caps.permitted) == set(DOCKER_DEFAULT_CAPABILITIES)
+    assert "CAP_SYS_ADMIN" not in caps.bounding and len(caps.bounding) == 14
+    assert caps.inheritable == () and caps.ambient == ()
+    caps = build(image(Cmd=("sh",)), RunOptions(user="app"), rootfs).process.capabilities
+    assert set(caps.bounding) == set(DOCKER_DEFAULT_CAPABILITIES)
+    assert caps.effective == caps.permitted == ()

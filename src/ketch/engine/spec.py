@@ -59,6 +59,26 @@ HOSTS_DEFAULTS = (
 # loopback address (Debian's convention for the machine's own name).
 CONTAINER_HOSTS_IP = "127.0.1.1"
 
+# Docker's default capability set (moby oci/caps/defaults.go): what a container
+# process may keep.  CAP_SYS_ADMIN is not in it, so a process cannot remount
+# what --read-only, :ro and the read-only /proc paths protect.
+DOCKER_DEFAULT_CAPABILITIES = (
+    "CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_FSETID", "CAP_FOWNER", "CAP_MKNOD", "CAP_NET_RAW",
+    "CAP_SETGID", "CAP_SETUID", "CAP_SETFCAP", "CAP_SETPCAP", "CAP_NET_BIND_SERVICE",
+    "CAP_SYS_CHROOT", "CAP_KILL", "CAP_AUDIT_WRITE",
+)
+
+
+def default_capabilities(uid: int) -> oci.Capabilities:
+    """Docker's capabilities for a process running as ``uid``: the default set
+    as bounding set, and as effective and permitted sets for root only (moby
+    clears them for other users, who gain capabilities only through file
+    capabilities or setuid binaries)."""
+    caps = DOCKER_DEFAULT_CAPABILITIES
+    own = caps if uid == 0 else ()
+    return oci.Capabilities(bounding=caps, effective=own, permitted=own)
+
+
 DEFAULT_DNS_V4 = ("8.8.8.8", "8.8.4.4")
 DEFAULT_DNS_V6 = ("2001:4860:4860::8888", "2001:4860:4860::8844")
 SYSTEMD_RESOLV = Path("/run/systemd/resolve/resolv.conf")
@@ -259,8 +279,9 @@ def build_spec(image_config: ImageConfig, opts: RunOptions, *, container_id: str
 
     Starts from :func:`ketch.oci.runtime.default_spec` (namespaces pid,
     network, ipc, uts, mount, cgroup; runc's masked and read-only paths;
-    capabilities, rlimits and noNewPrivileges left as that spec has them)
-    and sets:
+    rlimits and noNewPrivileges left as that spec has them) and sets:
+
+    - ``process.capabilities`` — :func:`default_capabilities` (Docker's set);
 
     - ``process.args`` — :func:`process_args`;
     - ``process.user`` — ``-u`` or the image's ``User`` resolved in
@@ -304,6 +325,7 @@ def build_spec(image_config: ImageConfig, opts: RunOptions, *, container_id: str
         terminal=opts.tty,
         rlimits=base.process.rlimits, noNewPrivileges=base.process.noNewPrivileges,
         oomScoreAdj=base.process.oomScoreAdj, extra=dict(base.process.extra),
+        capabilities=default_capabilities(who.uid),
     )
     linux = oci.Linux(
         namespaces=base.linux.namespaces, maskedPaths=base.linux.maskedPaths,
