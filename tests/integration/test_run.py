@@ -352,3 +352,13 @@ def test_docker_default_capabilities_protect_read_only_mounts(images, tmp_path):
                "mount -o remount,rw / && touch /x; mount -o remount,rw /data && touch /data/x;"
                "mount -o remount,rw /proc/sys && echo escaped")
     assert b"escaped" not in p.stdout and not (tmp_path / "x").exists(), p.stderr
+
+
+def test_reader_going_away_ends_quietly(images):
+    import shlex
+    cmd = " ".join(shlex.quote(a) for a in images.argv("run", "--rm", "-t", "alpine:3.20.3", "yes"))
+    p = subprocess.run(f"{cmd} | head -2", shell=True, capture_output=True, timeout=60)
+    assert p.stdout.replace(b"\r", b"") == b"y\ny\n" and b"Traceback" not in p.stderr, p.stderr
+    cmd = " ".join(shlex.quote(a) for a in images.argv("image", "inspect", "alpine:3.20.3"))
+    p = subprocess.run(f"{cmd} | head -c 10", shell=True, capture_output=True, timeout=60)
+    assert b"Traceback" not in p.stderr, p.stderr

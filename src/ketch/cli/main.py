@@ -123,6 +123,11 @@ def main(argv: list[str] | None = None) -> int:
         code = e.exit_code
     except KeyboardInterrupt:
         code = 130
+    except BrokenPipeError:
+        # The reader went away (`ketch images | head`): end quietly, as a
+        # process killed by SIGPIPE would, without a traceback.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        code = 128 + 13
     if program and not debug:
         _exit_now(code)
     return code

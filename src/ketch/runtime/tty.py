@@ -46,7 +46,8 @@ def set_window_size(fd: int, size: tuple[int, int]) -> None:
 
 def relay(master: int, stdin: int | None, stdout: int) -> None:
     """Copy ``stdin`` → ``master`` and ``master`` → ``stdout`` until the
-    container side of the pty closes (EIO/EOF on the master).
+    container side of the pty closes (EIO/EOF on the master) or ``stdout``'s
+    reader goes away (EPIPE).
 
     ``stdin`` None: input not attached (``-t`` without ``-i``).  The caller's
     terminal (if ``stdin`` is one) is raw for the duration and restored after;
@@ -84,7 +85,13 @@ def relay(master: int, stdin: int | None, stdout: int) -> None:
                     raise
                 if not data:
                     break
-                _write_all(stdout, data)
+                try:
+                    _write_all(stdout, data)
+                except BrokenPipeError:
+                    # Our reader went away (`ketch run -t … | head`): stop as a
+                    # closed terminal would; the caller closes the master, which
+                    # hangs up the container's terminal.
+                    break
             if stdin is not None and stdin in ready:
                 data = os.read(stdin, 65536)
                 if not data:
