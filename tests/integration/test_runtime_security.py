@@ -226,3 +226,130 @@ def test_cgroup_v2_freeze_procs_kill_on_the_unified_hierarchy():
         p.wait()
         c.destroy()
     assert not os.path.exists(parent)
+
+
+# ------------------------------------------------------------------ seccomp
+def test_seccomp_errno_for_one_syscall(rt):
+    rt.config("sh", "-c", "mkdir /tmp/x; echo rc=$?")
+    edit(rt, lambda s: (s["root"].update(readonly=False), s["linux"].update(seccomp={
+        "defaultAction": "SCMP_ACT_ALLOW", "architectures": ["SCMP_ARCH_X86_64", "SCMP_ARCH_X86"],
+        "syscalls": [{"names": ["mkdir", "mkdirat", "no_such_syscall"], "action": "SCMP_ACT_ERRNO",
+                      "errnoRet": 1}]})))
+    code, out, err = run_out(rt, "sc1")
+    assert code == 0 and out == "rc=1\n" and "Operation not permitted" in err
+
+
+SH_ALLOW = ["execve", "brk", "mmap", "munmap", "mprotect", "arch_prctl", "set_tid_address", "exit_group",
+            "read", "write", "writev", "open", "openat", "close", "fstat", "stat", "lstat", "newfstatat",
+            "ioctl", "getpid", "getppid", "getuid", "geteuid", "getgid", "getegid", "rt_sigaction",
+            "rt_sigprocmask", "rt_sigreturn", "fcntl", "dup2", "dup3", "uname", "getcwd", "chdir",
+            "setgroups", "setgid", "setuid", "capset", "prctl", "umask", "madvise", "poll", "exit",
+            "set_robust_list", "rseq", "prlimit64", "getrandom", "futex"]
+
+
+def test_seccomp_allow_list_with_enosys_default_and_no_new_privs(rt):
+    # an allow-list profile: everything else fails with ENOSYS (38), not EPERM
+    rt.config("mkdir", "/tmp/y", noNewPrivileges=True)
+    edit(rt, lambda s: (s["root"].update(readonly=False), s["linux"].update(seccomp={
+        "defaultAction": "SCMP_ACT_ERRNO", "defaultErrnoRet": 38,
+        "syscalls": [{"names": SH_ALLOW, "action": "SCMP_ACT_ALLOW"}]})))
+    code, out, err = run_out(rt, "sc2")
+    assert code == 1 and "mkdir: can't create directory '/tmp/y': Function not implemented" in err, err
+
+
+def test_seccomp_kill_process_and_args(rt):
+    # kill(2) with signal 0 kills the caller (SIGSYS); with another signal it is allowed
+    rt.config("sh", "-c", "kill -0 $$; echo unreachable")
+    edit(rt, lambda s: s["linux"].update(seccomp={
+        "defaultAction": "SCMP_ACT_ALLOW", "syscalls": [
+            {"names": ["kill"], "action": "SCMP_ACT_KILL_PROCESS",
+             "args": [{"index": 1, "value": 0, "op": "SCMP_CMP_EQ"}]}]}))
+    code, out, _ = run_out(rt, "sc3")
+    assert code == 128 + signal.SIGSYS and out == ""
+
+
+def test_seccomp_notify_and_unknown_action_are_clear_errors(rt):
+    rt.config("true")
+    for action, msg in (("SCMP_ACT_NOTIFY", "SCMP_ACT_NOTIFY is not supported"),
+                        ("SCMP_ACT_BOGUS", "unknown seccomp action")):
+        edit(rt, lambda s: s["linux"].update(seccomp={"defaultAction": "SCMP_ACT_ALLOW", "syscalls": [
+            {"names": ["mkdir"], "action": action}]}))
+        code, _, err = run_out(rt, "sc4")
+        assert code == 1 and msg in err, err
+    assert rt("list", "-q").stdout == b""
+
+
+# ------------------------------------------------------------------ hooks, devices, personality, LSM
+def test_hooks_run_at_their_points_with_state_on_stdin(rt):
+    out = rt.base / "hooks"
+    out.mkdir()
+    rt.config("sh", "-c", "cat /hook-start; echo; echo main")
+    edit(rt, lambda s: (s["root"].update(readonly=False), s.update(hooks={
+        "prestart": [{"path": "/bin/sh", "args": ["sh", "-c", f"cat > {out}/prestart"]}],
+        "createRuntime": [{"path": "/bin/sh", "args": ["sh", "-c", f"cat > {out}/createRuntime; echo $X > {out}/env"],
+                           "env": ["X=from-env"]}],
+        "createContainer": [{"path": "/bin/sh", "args": ["sh", "-c", f"cat > {out}/createContainer"]}],
+        "startContainer": [{"path": "/bin/sh", "args": ["sh", "-c", "cat > /hook-start"]}],  # inside the container
+        "poststart": [{"path": "/bin/sh", "args": ["sh", "-c", f"cat > {out}/poststart"]}],
+        "poststop": [{"path": "/bin/sh", "args": ["sh", "-c", f"cat > {out}/poststop"]}]})))
+    code, stdout, err = run_out(rt, "h1")
+    assert code == 0, err
+    inside = json.loads(stdout.splitlines()[0])
+    assert stdout.splitlines()[1] == "main"
+    assert inside["id"] == "h1" and inside["status"] == "created" and inside["pid"] > 1
+    states = {n: json.loads((out / n).read_text()) for n in
+              ("prestart", "createRuntime", "createContainer", "poststart", "poststop")}
+    assert {n: s["status"] for n, s in states.items()} == {
+        "prestart": "creating", "createRuntime": "creating", "createContainer": "creating",
+        "poststart": "running", "poststop": "stopped"}
+    assert len({s["pid"] for s in states.values()} | {inside["pid"]}) == 1, "the host PID of the container"
+    assert all(s["bundle"] == str(rt.bundle) for s in states.values())
+    assert (out / "env").read_text() == "from-env\n"
+
+
+def test_failing_or_slow_create_hook_fails_create(rt):
+    rt.config("true")
+    edit(rt, lambda s: s.update(hooks={"createRuntime": [{"path": "/bin/sh", "args": ["sh", "-c", "exit 3"]}]}))
+    code, _, err = run_out(rt, "h2")
+    assert code == 1 and "createRuntime hook /bin/sh exited with status 3" in err
+    edit(rt, lambda s: s.update(hooks={"createContainer": [{"path": "/bin/sleep", "args": ["sleep", "30"],
+                                                            "timeout": 1}]}))
+    t = time.monotonic()
+    code, _, err = run_out(rt, "h3")
+    assert code == 1 and "timed out after 1s" in err and time.monotonic() - t < 10
+    assert rt("list", "-q").stdout == b""
+    assert not cgroup_leftovers("h2") and not cgroup_leftovers("h3")
+
+
+def test_linux_devices_are_created(rt):
+    rt.config("sh", "-c", "stat -c '%F %t:%T %a %u:%g' /dev/fuse /dev/sub/blk /dev/fifo0")
+    edit(rt, lambda s: s["linux"].update(devices=[
+        {"path": "/dev/fuse", "type": "c", "major": 10, "minor": 229, "fileMode": 0o620, "uid": 7, "gid": 8},
+        {"path": "/dev/sub/blk", "type": "b", "major": 7, "minor": 200},
+        {"path": "/dev/fifo0", "type": "p"}]))
+    code, out, err = run_out(rt, "dv1")
+    assert code == 0, err
+    assert out.splitlines() == ["character special file a:e5 620 7:8", "block special file 7:c8 666 0:0",
+                                "fifo 0:0 666 0:0"]
+
+
+def test_personality_and_scheduler_and_io_priority(rt):
+    rt.config("sh", "-c", "uname -m; grep -E '^(policy|prio) ' /proc/self/sched | tr -s ' '; "
+                          "cat /proc/self/personality")
+    edit(rt, lambda s: (s["linux"].update(personality={"domain": "LINUX32"}), s["process"].update(
+        scheduler={"policy": "SCHED_BATCH", "nice": 5}, ioPriority={"class": "IOPRIO_CLASS_IDLE", "priority": 0})))
+    code, out, err = run_out(rt, "pe1")
+    assert code == 0, err
+    lines = out.splitlines()
+    assert lines[0] in ("i686", "i386") and lines[-1] == "00000008"
+    assert "policy : 3" in out and "prio : 125" in out  # SCHED_BATCH, nice 5
+
+
+def test_lsm_labels_are_a_clear_error_where_the_host_has_none(rt):
+    from ketch.runtime.init import lsm_enabled
+    if lsm_enabled("apparmor"):
+        pytest.skip("AppArmor is enabled here")
+    rt.config("true")
+    edit(rt, lambda s: s["process"].update(apparmorProfile="docker-default"))
+    code, _, err = run_out(rt, "lsm1")
+    assert code == 1 and "AppArmor is not enabled on this host" in err

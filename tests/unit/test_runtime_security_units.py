@@ -159,3 +159,56 @@ def test_security_fields_round_trip():
                       "access")):
         with pytest.raises(SpecError, match=msg):
             Spec.from_json({**d, **bad})
+
+
+# ------------------------------------------------------------------ seccomp, hooks, features
+def test_seccomp_rules_table_mapping():
+    sec = pytest.importorskip("ketch.runtime.seccomp", reason="libseccomp.so.2 is not installed")
+    from ketch.oci.runtime import Seccomp
+    p = Seccomp.from_json({"defaultAction": "SCMP_ACT_ERRNO", "defaultErrnoRet": 38, "syscalls": [
+        {"names": ["read", "no_such_call"], "action": "SCMP_ACT_ALLOW"},
+        {"names": ["mkdir"], "action": "SCMP_ACT_ERRNO"},                       # EPERM by default
+        {"names": ["chmod"], "action": "SCMP_ACT_ERRNO", "errnoRet": 38},       # = default: skipped
+        {"names": ["kill"], "action": "SCMP_ACT_LOG", "args": [                  # same index twice: 2 rules
+            {"index": 1, "value": 0, "op": "SCMP_CMP_EQ"}, {"index": 1, "value": 9, "op": "SCMP_CMP_EQ"}]},
+        {"names": ["personality"], "action": "SCMP_ACT_TRACE", "errnoRet": 5, "args": [
+            {"index": 0, "value": 255, "valueTwo": 8, "op": "SCMP_CMP_MASKED_EQ"}]}]})
+    default, rules, skipped = sec.rules(p)
+    lib = sec.lib
+    assert default == lib.ACT_ERRNO(38) and skipped == ["no_such_call"]
+    assert rules == [
+        (lib.ACT_ALLOW, 0, []), (lib.ACT_ERRNO(1), 83, []),
+        (lib.ACT_LOG, 62, [(1, lib.CMP_EQ, 0, 0)]), (lib.ACT_LOG, 62, [(1, lib.CMP_EQ, 9, 0)]),
+        (lib.ACT_TRACE(5), 135, [(0, lib.CMP_MASKED_EQ, 255, 8)])]
+    sec.build(p).release()
+    for bad, msg in (({"defaultAction": "SCMP_ACT_NOTIFY"}, "not supported"),
+                     ({"defaultAction": "SCMP_ACT_ALLOW", "architectures": ["SCMP_ARCH_VAX"]}, "architecture"),
+                     ({"defaultAction": "SCMP_ACT_ALLOW", "flags": ["SECCOMP_FILTER_FLAG_NOPE"]}, "flag")):
+        with pytest.raises(SpecError, match=msg):
+            sec.build(Seccomp.from_json(bad))
+
+
+def test_features_report_hooks_seccomp_and_lsm():
+    from ketch.oci.runtime import HOOK_NAMES
+    from ketch.runtime.features import features
+    f = features()
+    assert f["hooks"] == list(HOOK_NAMES)
+    sec = f["linux"]["seccomp"]
+    if sec["enabled"]:
+        assert "SCMP_ACT_ERRNO" in sec["actions"] and "SCMP_ACT_NOTIFY" not in sec["actions"]
+        assert "SCMP_CMP_MASKED_EQ" in sec["operators"] and "SCMP_ARCH_X86_64" in sec["archs"]
+
+
+def test_hook_runner_exit_status_timeout_and_stdin(tmp_path):
+    from ketch.errors import KetchError
+    from ketch.oci.runtime import Hook
+    from ketch.runtime import hooks
+    out = tmp_path / "out"
+    hooks.run_one(Hook("/bin/sh", ("sh", "-c", f"cat > {out}; echo $A >> {out}"), ("A=1",)), "t", b"{}")
+    assert out.read_text() == "{}1\n"
+    with pytest.raises(KetchError, match="t hook /bin/sh exited with status 4"):
+        hooks.run_one(Hook("/bin/sh", ("sh", "-c", "exit 4")), "t", b"")
+    with pytest.raises(KetchError, match="timed out after 1s"):
+        hooks.run_one(Hook("/bin/sleep", ("sleep", "10"), (), 1), "t", b"")
+    with pytest.raises(KetchError, match="exited with status 127"):
+        hooks.run_one(Hook("/no/such/hook"), "t", b"")

@@ -99,6 +99,7 @@ class State:
     annotations: dict[str, str] = field(default_factory=dict)
     created: str = ""
     cgroup: dict | None = None  # ketch.runtime.cgroups.Cgroup.to_json()
+    hooks: dict | None = None  # the spec's poststart/poststop hooks (run by start/delete)
     dir: Path = Path()
 
     @property
@@ -129,10 +130,29 @@ class State:
                 "pid": self.pid if self.status() != Status.STOPPED else 0, "bundle": self.bundle,
                 "rootfs": self.rootfs, "created": self.created, "annotations": self.annotations}
 
+    def hook_state(self, status: str, pid: int | None = None) -> bytes:
+        """The state JSON a hook reads on stdin (runtime.md "State")."""
+        from ketch.oci.runtime import OCI_VERSION
+        return json.dumps({"ociVersion": OCI_VERSION, "id": self.id, "status": status,
+                           "pid": self.pid if pid is None else pid, "bundle": self.bundle,
+                           "annotations": self.annotations}).encode()
+
+    def run_hooks(self, name: str, status: str) -> None:
+        """Run the saved poststart/poststop hooks; a failure is a warning (config.md)."""
+        if not self.hooks or not self.hooks.get(name):
+            return
+        from ketch.oci.runtime import Hook
+        from ketch.runtime import hooks
+        for i, h in enumerate(self.hooks[name]):
+            try:
+                hooks.run_one(Hook.from_json(h, f"hooks.{name}[{i}]"), name, self.hook_state(status))
+            except KetchError as e:
+                sys.stderr.write(f"warning: {e}\n")
+
     def save(self) -> None:
         body = {"id": self.id, "bundle": self.bundle, "pid": self.pid, "start_time": self.start_time,
                 "rootfs": self.rootfs, "annotations": self.annotations, "created": self.created,
-                "cgroup": self.cgroup}
+                "cgroup": self.cgroup, "hooks": self.hooks}
         tmp = self.dir / "state.json.tmp"
         tmp.write_text(json.dumps(body))
         os.replace(tmp, self.dir / "state.json")
@@ -222,7 +242,9 @@ class Runtime:
         except FileExistsError:
             raise ContainerStateError(f"container with id {cid} already exists") from None
         state = State(id=cid, bundle=str(bundle), rootfs=rootfs, annotations=dict(spec.annotations),
-                      created=time.strftime("%Y-%m-%dT%H:%M:%S.000000000Z", time.gmtime()), dir=d)
+                      created=time.strftime("%Y-%m-%dT%H:%M:%S.000000000Z", time.gmtime()), dir=d,
+                      hooks={k: [h.to_json() for h in spec.hooks[k]]
+                             for k in ("poststart", "poststop") if spec.hooks.get(k)} or None)
         cg = None
         try:
             state.save()
@@ -296,7 +318,7 @@ class Runtime:
         sys.stderr.flush()
         if direct:
             pid = self._fork_direct(flags, stdio, parent, child, cg,
-                                    lambda: container_init(spec, rootfs, child, fifo_fd, console, new_netns, preserve_fds))
+                                    lambda: container_init(spec, rootfs, child, fifo_fd, console, new_netns, preserve_fds, state))
             inter = None
         else:
             pid = None
@@ -317,7 +339,7 @@ class Runtime:
                 sc.unshare(flags)
                 init = os.fork()
                 if init == 0:  # ------------------------------------ PID 1
-                    container_init(spec, rootfs, child, fifo_fd, console, new_netns, preserve_fds)
+                    container_init(spec, rootfs, child, fifo_fd, console, new_netns, preserve_fds, state)
                 child.send(sync.Pid(init))
                 os._exit(0)
             except BaseException as e:  # noqa: BLE001
@@ -333,6 +355,7 @@ class Runtime:
         # The intermediate's Pid and the init's Ready/Error share the channel and
         # may arrive in either order (the init can be scheduled first).
         final: sync.Message | None = None
+        hooks_due = False
         try:
             try:
                 while pid is None or final is None:
@@ -343,8 +366,14 @@ class Runtime:
                         pid = msg.pid
                     elif isinstance(msg, (sync.Ready, sync.Error)) and final is None:
                         final = msg
+                    elif isinstance(msg, sync.Hooks) and not hooks_due:
+                        hooks_due = True
                     else:
                         raise KetchError(f"container init: unexpected message {msg!r}")
+                    if hooks_due and pid is not None:  # the init waits for us, between its mounts and pivot_root
+                        hooks_due = False
+                        self._runtime_hooks(spec, state, pid)
+                        parent.send(sync.Resume())
             except BaseException:
                 if pid is not None:
                     _kill_quietly(pid)
@@ -363,6 +392,14 @@ class Runtime:
             raise KetchError("container init exited before it was ready")
         finally:
             parent.close()
+
+    @staticmethod
+    def _runtime_hooks(spec: Spec, state: State, pid: int) -> None:
+        """prestart, then createRuntime hooks, in the runtime's namespaces."""
+        from ketch.runtime import hooks
+        body = state.hook_state("creating", pid)
+        for name in ("prestart", "createRuntime"):
+            hooks.run(spec.hooks.get(name, ()), name, body)
 
     @staticmethod
     def _fork_direct(flags: int, stdio: tuple[int, int, int], parent, child, cg, init) -> int:
@@ -446,6 +483,7 @@ class Runtime:
         state.fifo.unlink(missing_ok=True)
         if data != b"0":
             raise ContainerStateError(f"container {cid} exited before it could start")
+        state.run_hooks("poststart", "running")
         return state
 
     # ------------------------------------------------------------------ kill, delete
@@ -527,6 +565,7 @@ class Runtime:
                 time.sleep(0.01)
         if cg is not None:
             cg.destroy()
+        state.run_hooks("poststop", "stopped")
         shutil.rmtree(state.dir, ignore_errors=True)
 
 

@@ -14,13 +14,13 @@ from __future__ import annotations
 from typing import Any
 
 import ketch
-from ketch.oci.runtime import NAMESPACE_TYPES, OCI_VERSION, Linux
+from ketch.oci.runtime import HOOK_NAMES, NAMESPACE_TYPES, OCI_VERSION, Linux
 from ketch.runtime.capabilities import CAPABILITIES
 from ketch.runtime.container import NAMESPACE_FLAGS
 from ketch.runtime.mountopts import MOUNT_FLAGS, PROPAGATION_FLAGS
 
-# Hook names the runtime runs (config.md "POSIX-platform Hooks"): none yet.
-HOOKS: tuple[str, ...] = ()
+# Hook names the runtime runs (config.md "POSIX-platform Hooks"): all of them.
+HOOKS: tuple[str, ...] = HOOK_NAMES
 
 
 def namespaces() -> list[str]:
@@ -36,6 +36,16 @@ def mount_options() -> list[str]:
     return list(MOUNT_FLAGS) + list(PROPAGATION_FLAGS)
 
 
+def seccomp() -> dict[str, Any]:
+    """The seccomp part, from :mod:`ketch.runtime.seccomp`'s tables; disabled without libseccomp."""
+    try:
+        from ketch.runtime import seccomp as sec
+    except Exception:  # noqa: BLE001 - libseccomp.so.2 missing
+        return {"enabled": False}
+    return {"enabled": True, "actions": list(sec.ACTIONS), "operators": list(sec.OPERATORS),
+            "archs": list(sec.ARCHITECTURES), "knownFlags": list(sec.FLAGS), "supportedFlags": list(sec.FLAGS)}
+
+
 def features() -> dict[str, Any]:
     """The runtime-spec features document (features.md)."""
     return {
@@ -48,9 +58,10 @@ def features() -> dict[str, Any]:
             "capabilities": list(CAPABILITIES),
             # v2: every limit but device rules (eBPF not loaded, see ketch.runtime.cgroups).
             "cgroup": {"v1": True, "v2": True, "systemd": False, "systemdUser": False, "rdma": False},
-            "seccomp": {"enabled": False},
-            "apparmor": {"enabled": False},
-            "selinux": {"enabled": False},
+            "seccomp": seccomp(),
+            # applied where the host has them enabled, a clear error where not
+            "apparmor": {"enabled": True},
+            "selinux": {"enabled": True},
             "intelRdt": {"enabled": False},
             "mountExtensions": {"idmap": {"enabled": False}},
         },

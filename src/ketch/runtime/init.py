@@ -18,13 +18,21 @@ The steps, in order, and why (runc's ``standard_init_linux.go``):
 5. hostname, domainname, sysctls (before 6, which makes /proc/sys read-only);
 6. masked and read-only paths, read-only root (after /dev/console, a mount
    point a read-only root could not create);
-7. rlimits, oom_score_adj, working directory; find the executable in the
-   container's PATH *before* reporting ready, so a missing program fails
-   ``create`` with 127/126 as Docker reports it;
+7. rlimits, oom_score_adj, I/O priority, scheduler, AppArmor/SELinux exec
+   labels, working directory; find the executable in the container's PATH
+   *before* reporting ready, so a missing program fails ``create`` with
+   127/126 as Docker reports it; build the seccomp filter (libseccomp is a
+   host library: before pivot_root, in step 3);
 8. report Ready, block opening the exec fifo until ``start``;
-9. groups/gid/uid, umask, no_new_privs (after the fifo: a process that
-   changed its UID is not dumpable and cannot reopen ``/proc/self/fd/N``),
-   then execve.
+9. startContainer hooks, personality; seccomp now if there is no
+   no_new_privs (loading it then needs CAP_SYS_ADMIN, about to be dropped);
+   bounding set, KEEPCAPS, groups/gid/uid, capset + ambient (runc's
+   finalizeNamespace; after the fifo: a process that changed its UID is not
+   dumpable and cannot reopen ``/proc/self/fd/N``), umask, no_new_privs,
+   seccomp as late as possible when no_new_privs, then execve.
+
+Hooks (prestart/createRuntime by the parent, createContainer here) run
+between step 3's mounts and its pivot_root (:mod:`ketch.runtime.hooks`).
 """
 
 from __future__ import annotations
@@ -44,8 +52,9 @@ from ketch.errors import ExecError, KetchError
 from ketch.linux import syscalls as sc
 from ketch.oci.runtime import Spec
 from ketch.runtime import capabilities as caps
+from ketch.runtime import hooks
 from ketch.runtime import rootfs as rfs
-from ketch.runtime.sync import Channel, Error, Ready
+from ketch.runtime.sync import Channel, Error, Hooks, Ready, Resume
 
 TIOCSPTLCK = 0x40045431
 TIOCGPTN = 0x80045430
@@ -55,23 +64,69 @@ IFF_UP = 0x1
 
 RLIMITS = {name: getattr(resource, name) for name in dir(resource) if name.startswith("RLIMIT_")}
 
+# personality(2) domains, <sys/personality.h>
+PERSONALITIES = {"LINUX": 0x0000, "LINUX32": 0x0008}
+# ioprio classes, <linux/ioprio.h>
+IOPRIO_CLASSES = {"IOPRIO_CLASS_RT": 1, "IOPRIO_CLASS_BE": 2, "IOPRIO_CLASS_IDLE": 3}
+# sched_setattr(2) policies and flags, <linux/sched.h>
+SCHED_POLICIES = {"SCHED_OTHER": 0, "SCHED_FIFO": 1, "SCHED_RR": 2, "SCHED_BATCH": 3, "SCHED_ISO": 4,
+                  "SCHED_IDLE": 5, "SCHED_DEADLINE": 6}
+SCHED_FLAGS = {"SCHED_FLAG_RESET_ON_FORK": 0x01, "SCHED_FLAG_RECLAIM": 0x02, "SCHED_FLAG_DL_OVERRUN": 0x04,
+               "SCHED_FLAG_KEEP_POLICY": 0x08, "SCHED_FLAG_KEEP_PARAMS": 0x10, "SCHED_FLAG_UTIL_CLAMP_MIN": 0x20,
+               "SCHED_FLAG_UTIL_CLAMP_MAX": 0x40}
+
+
+def lsm_enabled(name: str) -> bool:
+    """Whether the host has AppArmor (``apparmor``) or SELinux (``selinux``) enabled."""
+    try:
+        if name == "apparmor":
+            with open("/sys/module/apparmor/parameters/enabled") as f:
+                return f.read().strip() == "Y"
+        return os.path.exists("/sys/fs/selinux/enforce")
+    except OSError:
+        return False
+
 
 def container_init(spec: Spec, rootfs: str, chan: Channel, fifo_fd: int,
-                   console: socket.socket | None, new_netns: bool, preserve_fds: int = 0) -> None:
+                   console: socket.socket | None, new_netns: bool, preserve_fds: int = 0, state=None) -> None:
     """Run steps 1–9 in PID 1 of the container; never returns.
 
     ``fifo_fd`` is an ``O_PATH`` descriptor of the exec fifo opened before
     pivot_root; ``console`` the socket to send a pty master on when
     ``spec.process.terminal``; fds 3..3+``preserve_fds``-1 stay open in the
-    program, every other fd above 2 is closed on exec.  Failures are reported to the parent as an
-    ``Error`` message and end the process.
+    program, every other fd above 2 is closed on exec.  ``state``: the
+    container's :class:`~ketch.runtime.container.State`, for hooks.  Failures
+    are reported to the parent as an ``Error`` message and end the process.
     """
     code = 125
     try:
         _reset_signals()
+        proc = spec.process
+        # Host facts and host libraries, while the host's root is ours.
+        for lsm, label in (("apparmor", proc.apparmorProfile), ("selinux", proc.selinuxLabel)):
+            if label and not lsm_enabled(lsm):
+                raise KetchError(f"config.json: process.{'apparmorProfile' if lsm == 'apparmor' else 'selinuxLabel'}"
+                                 f" is set but {'AppArmor' if lsm == 'apparmor' else 'SELinux'} is not enabled"
+                                 " on this host")
+        filt = None
+        if spec.linux.seccomp is not None:
+            from ketch.runtime import seccomp  # loads libseccomp.so.2: before pivot_root
+            filt = seccomp.build(spec.linux.seccomp)
         if new_netns:
             loopback_up()
-        rfs.prepare_rootfs(spec, rootfs)
+        host_pid = int(os.readlink("/proc/self"))  # the host's /proc is still ours: our PID as the host sees it
+
+        def before_pivot() -> None:
+            if spec.hooks.get("prestart") or spec.hooks.get("createRuntime"):
+                chan.send(Hooks())  # the parent runs them, in the runtime's namespaces
+                msg = chan.recv()
+                if not isinstance(msg, Resume):
+                    os._exit(125)  # the parent reports the failure
+            if spec.hooks.get("createContainer"):
+                hooks.run(spec.hooks["createContainer"], "createContainer",
+                          state.hook_state("creating", host_pid) if state else b"{}")
+
+        rfs.prepare_rootfs(spec, rootfs, before_pivot)
         if spec.process.terminal:
             slave = setup_terminal(console, spec)
             rfs.bind_console(slave)
@@ -83,7 +138,6 @@ def container_init(spec: Spec, rootfs: str, chan: Channel, fifo_fd: int,
             with open("/proc/sys/" + key.replace(".", "/"), "w") as f:
                 f.write(value)
         rfs.finish_rootfs(spec)
-        proc = spec.process
         env = dict(e.split("=", 1) if "=" in e else (e, "") for e in proc.env)
         for r in proc.rlimits:
             if r.type not in RLIMITS:
@@ -92,6 +146,21 @@ def container_init(spec: Spec, rootfs: str, chan: Channel, fifo_fd: int,
         if proc.oomScoreAdj is not None:
             with open("/proc/self/oom_score_adj", "w") as f:
                 f.write(str(proc.oomScoreAdj))
+        if proc.ioPriority is not None:
+            if proc.ioPriority.ioclass not in IOPRIO_CLASSES:
+                raise KetchError(f"config.json: process.ioPriority.class {proc.ioPriority.ioclass!r} is unknown")
+            sc.ioprio_set(IOPRIO_CLASSES[proc.ioPriority.ioclass], proc.ioPriority.priority)
+        if proc.scheduler is not None:
+            s = proc.scheduler
+            if s.policy not in SCHED_POLICIES or set(s.flags) - set(SCHED_FLAGS):
+                raise KetchError(f"config.json: process.scheduler: unknown policy or flag in {s.policy}, {s.flags}")
+            sc.sched_setattr(SCHED_POLICIES[s.policy], sum(SCHED_FLAGS[f] for f in s.flags), s.nice, s.priority,
+                             s.runtime, s.deadline, s.period)
+        if proc.apparmorProfile:
+            _write_attr(("/proc/self/attr/apparmor/exec", "/proc/self/attr/exec"), f"exec {proc.apparmorProfile}")
+        if proc.selinuxLabel:
+            _write_attr(("/proc/self/attr/exec",), proc.selinuxLabel)
+        persona = spec.linux.personality
         try:
             os.chdir(proc.cwd)
         except OSError as e:
@@ -108,6 +177,13 @@ def container_init(spec: Spec, rootfs: str, chan: Channel, fifo_fd: int,
         os.write(fd, b"0")
         os.close(fd)
         os.close(fifo_fd)
+        if spec.hooks.get("startContainer"):
+            hooks.run(spec.hooks["startContainer"], "startContainer",
+                      state.hook_state("created", host_pid) if state else b"{}")
+        if persona is not None:
+            sc.personality(PERSONALITIES[persona.domain])
+        if filt is not None and not proc.noNewPrivileges:
+            filt.load()  # needs CAP_SYS_ADMIN without no_new_privs: before capabilities are dropped
         user = proc.user
         if capmasks is not None:  # runc's finalizeNamespace: bounding set while we may, keep caps across setuid
             caps.drop_bounding(capmasks)
@@ -123,6 +199,8 @@ def container_init(spec: Spec, rootfs: str, chan: Channel, fifo_fd: int,
             sc.prctl(sc.PR_SET_NO_NEW_PRIVS, 1)
         code = 126
         close_exec_from(3 + preserve_fds)
+        if filt is not None and proc.noNewPrivileges:
+            filt.load()  # as late as possible: the fewest syscalls after it
         try:
             os.execve(path, list(proc.args), env)
         except OSError as e:
@@ -140,6 +218,16 @@ def container_init(spec: Spec, rootfs: str, chan: Channel, fifo_fd: int,
     except BaseException:  # noqa: BLE001 - report anything, never unwind into the caller's code
         _fail(chan, "container init crashed: " + _describe(sys.exc_info()[1]), code)
     os._exit(code)
+
+
+def _write_attr(paths: tuple[str, ...], value: str) -> None:
+    """Set an LSM exec label (applies at the next execve) at the first of ``paths`` that exists."""
+    for p in paths:
+        if os.path.exists(p):
+            with open(p, "w") as f:
+                f.write(value)
+            return
+    raise KetchError(f"cannot set the security label {value!r}: none of {', '.join(paths)} exists")
 
 
 def _describe(e: BaseException | None) -> str:

@@ -64,8 +64,10 @@ def remount_bind(path: str, flags: int) -> None:
     sc.mount(None, path, None, sc.MS_REMOUNT | sc.MS_BIND | flags | locked_flags(path))
 
 
-def prepare_rootfs(spec: Spec, rootfs: str, console_slave: str | None = None) -> None:
+def prepare_rootfs(spec: Spec, rootfs: str, before_pivot=None) -> None:
     """Steps 1–6 above.  ``rootfs`` is the absolute host path of ``root.path``.
+    ``before_pivot()`` is called once the mounts and ``/dev`` are made, before
+    pivot_root (where the createRuntime/createContainer hooks run).
 
     ``console_slave`` (a path under the container's ``/dev/pts``) is bound to
     ``/dev/console`` when the process has a terminal.  Raises SyscallError or
@@ -78,6 +80,9 @@ def prepare_rootfs(spec: Spec, rootfs: str, console_slave: str | None = None) ->
     for m in spec.mounts:
         mount_entry(rootfs, m, own_cgroupns)
     setup_dev(rootfs, spec)
+    create_devices(rootfs, spec)
+    if before_pivot is not None:
+        before_pivot()
     pivot_root(rootfs)
 
 
@@ -249,6 +254,23 @@ def setup_dev(rootfs: str, spec: Spec) -> None:
             os.symlink("/proc/kcore", os.path.join(dev, "core"))
     finally:
         os.umask(old)
+
+
+_DEVICE_TYPES = {"c": stat.S_IFCHR, "u": stat.S_IFCHR, "b": stat.S_IFBLK, "p": stat.S_IFIFO}
+
+
+def create_devices(rootfs: str, spec: Spec) -> None:
+    """mknod the spec's ``linux.devices`` (config-linux.md "Devices") with
+    their mode and owner; a path that already exists is left as it is (runc)."""
+    for d in spec.linux.devices:
+        target = secure_join(rootfs, d.path)
+        if os.path.lexists(target):
+            continue
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        mode = 0o666 if d.fileMode is None else d.fileMode & 0o7777
+        os.mknod(target, mode | _DEVICE_TYPES[d.type], os.makedev(d.major, d.minor) if d.type != "p" else 0)
+        os.chmod(target, mode)
+        os.chown(target, d.uid or 0, d.gid or 0)
 
 
 def _is_tmpfs_mount(spec: Spec) -> bool:

@@ -8,8 +8,11 @@ role)::
       fork ───────────────────▶  setns / unshare
                                   fork ──────────────────────▶
       ◀── Pid{pid} ────────────   exit 0
-      waitpid(intermediate)                                   mounts, pivot_root,
-                                                              hostname, console
+      waitpid(intermediate)                                   mounts
+      ◀── Hooks{} ─────────── (only with prestart/createRuntime hooks)
+      run prestart, createRuntime
+      ── Resume{} ───────────────────────────────────────────▶ createContainer hooks,
+                                                              pivot_root, hostname, console
       ◀── Ready{} or Error{message, exit_code} ───────────────
       write state.json                                        open(exec.fifo, O_WRONLY)
     start: open(exec.fifo, O_RDONLY) ─────────────────────────▶ execve(process)
@@ -46,14 +49,24 @@ class Ready:
 
 
 @dataclass(frozen=True)
+class Hooks:
+    """Init has made the mounts: the parent runs prestart and createRuntime hooks now."""
+
+
+@dataclass(frozen=True)
+class Resume:
+    """The parent's hooks succeeded: init goes on (to pivot_root)."""
+
+
+@dataclass(frozen=True)
 class Error:
     """Init failed; ``exit_code`` is 126/127 for exec problems, 125 otherwise."""
     message: str
     exit_code: int = 125
 
 
-Message = Pid | Ready | Error
-_TYPES: dict[str, type] = {"pid": Pid, "ready": Ready, "error": Error}
+Message = Pid | Ready | Error | Hooks | Resume
+_TYPES: dict[str, type] = {"pid": Pid, "ready": Ready, "error": Error, "hooks": Hooks, "resume": Resume}
 _NAMES = {v: k for k, v in _TYPES.items()}
 
 
