@@ -389,3 +389,20 @@ def test_concurrent_unpack_of_the_same_layers(base):
     assert [n for n in os.listdir(base / "snapshots/layers") if n.startswith(".")] == []
     assert len(os.listdir(base / "snapshots/l")) == 3, "losers drop their short links"
     assert len(os.listdir(Path(results[0][0]))) == 200
+
+
+def test_unpack_dir_of_a_killed_process_is_removed(tmp_path):
+    """A ``.tmp-…-<pid>-`` dir left by a process killed mid-unpack goes away
+    at the next unpack; one of a live process stays."""
+    import subprocess as sp
+    from ketch.snapshot.overlay import Snapshotter
+    snaps = Snapshotter(tmp_path / "snaps")
+    snaps._init()
+    dead = sp.Popen(["true"])
+    dead.wait()
+    stale = snaps._layers / f".tmp-aaaaaaaaaaaa-{dead.pid}-xyz"
+    live = snaps._layers / f".tmp-bbbbbbbbbbbb-{os.getpid()}-xyz"
+    for d in (stale, live):
+        (d / "fs").mkdir(parents=True)
+    snaps._remove_dead_tmps()
+    assert not stale.exists() and live.exists()

@@ -166,7 +166,9 @@ class Snapshotter:
                 parents: list[Path]) -> None:
         hexid = chain[7:]
         final = self._layers / hexid
-        tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{hexid[:12]}-", dir=self._layers))
+        self._remove_dead_tmps()
+        # The PID in the name lets a later unpack remove this dir if we are killed.
+        tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{hexid[:12]}-{os.getpid()}-", dir=self._layers))
         link: str | None = None
         try:
             from ketch.image.unpack import apply_layer  # only when a layer is missing (start-up)
@@ -189,6 +191,20 @@ class Snapshotter:
                 self._drop_link(link)
             shutil.rmtree(tmp, ignore_errors=True)
             raise
+
+    def _remove_dead_tmps(self) -> None:
+        """Delete ``.tmp-<id>-<pid>-*`` unpack dirs whose process no longer
+        exists (a ketch killed mid-unpack), so a half layer never stays."""
+        for name in os.listdir(self._layers):
+            parts = name.split("-")
+            if not name.startswith(".tmp-") or len(parts) < 4 or not parts[2].isdigit():
+                continue
+            try:
+                os.kill(int(parts[2]), 0)
+            except ProcessLookupError:
+                shutil.rmtree(self._layers / name, ignore_errors=True)
+            except PermissionError:  # alive, someone else's
+                pass
 
     def _new_link(self, hexid: str) -> str:
         """Create ``l/<short id> -> ../layers/<hexid>/fs`` with a fresh random id."""
