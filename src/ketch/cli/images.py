@@ -451,9 +451,13 @@ def run_prune(args: argparse.Namespace, paths) -> int:
     store = _store(paths)
     deleted, reclaimed = [], 0
     before = {d: store.content.size(d) for d in store.content.digests()}
+    removed: set[str] = set()
     for img in store.list():
-        if (img.names and not args.all) or store.containers_using(img.id):
+        # Several stored manifests may share one image ID (the same image pulled
+        # and loaded): removing the ID removes them all, once.
+        if img.id in removed or (img.names and not args.all) or store.containers_using(img.id):
             continue
+        removed.add(img.id)
         for what, name in store.remove(img.id, force=True):
             if what == "Deleted":
                 deleted.append(name)
