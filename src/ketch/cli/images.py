@@ -18,7 +18,7 @@ HELPS = {
     "pull": "Download an image from a registry, or copy one in (oci:DIR[:TAG], oci-archive:FILE[:TAG], "
             "docker-archive:FILE)",
     "images": "List images",
-    "image": "Manage images (ls, rm, tag, pull, load, import, inspect, prune)",
+    "image": "Manage images (ls, rm, tag, pull, push, load, save, import, inspect, prune)",
     "tag": "Create a tag TARGET_IMAGE that refers to SOURCE_IMAGE",
     "rmi": "Remove one or more images",
     "load": "Load images from a tar archive (docker save or OCI archive) or STDIN",
@@ -293,6 +293,16 @@ def run_save(args: argparse.Namespace, paths) -> int:
     return 0
 
 
+def configure_push(p: argparse.ArgumentParser) -> None:
+    from ketch.cli.registry import configure_push as configure
+    configure(p)
+
+
+def run_push(args: argparse.Namespace, paths) -> int:
+    from ketch.cli.registry import run_push as run
+    return run(args, paths)
+
+
 def configure_import(p: argparse.ArgumentParser) -> None:
     p.add_argument("-c", "--change", action="append", default=[], metavar="INSTRUCTION",
                    help="apply a Dockerfile instruction (CMD, ENTRYPOINT, ENV, WORKDIR, USER, LABEL, "
@@ -423,7 +433,7 @@ def render_format(fmt: str, doc: dict) -> str:
 
 _IMAGE_SUBCOMMANDS = {
     "ls": "images", "list": "images", "rm": "rmi", "remove": "rmi", "tag": "tag", "pull": "pull",
-    "load": "load", "save": "save", "import": "import", "inspect": "inspect", "prune": "prune",
+    "load": "load", "save": "save", "push": "push", "import": "import", "inspect": "inspect", "prune": "prune",
 }
 
 
@@ -431,7 +441,7 @@ def configure_image(p: argparse.ArgumentParser) -> None:
     sub = p.add_subparsers(dest="subcommand", metavar="COMMAND", parser_class=type(p))
     sub.required = True
     for word, target in _IMAGE_SUBCOMMANDS.items():
-        help_ = HELPS.get(target) if target != "prune" else "Remove unused images"
+        help_ = HELPS.get(target) or {"prune": "Remove unused images", "push": "Upload an image to a registry"}[target]
         sp = sub.add_parser(word, help=help_, description=help_)
         globals()["configure_" + target](sp)
 
