@@ -234,14 +234,16 @@ def test_tag_rmi_and_gc(fresh):
     p = k("rmi", iid[7:19])
     assert p.returncode == 1 and "referenced in multiple repositories" in p.stderr.decode()
     # a container using the image blocks removal
-    cdir = k.root / "containers" / ("ab" * 32)
-    cdir.mkdir(parents=True)
-    (cdir / "container.json").write_text(json.dumps({"Image": iid}))
+    from ketch import db
+    conn = db.connect(k.root)
+    conn.execute("INSERT INTO containers (id, name, image, image_name, created) VALUES (?, 'c', ?, 'x', '')",
+                 ("ab" * 32, iid))
     p = k("rmi", "-f", "alpine:3.20.3")  # forced: untagged, kept for the container
     assert p.stdout.decode().splitlines() == ["Untagged: alpine:3.20.3"]
     p = k("rmi", "localhost:5000/x/alpine:v1")
     assert p.returncode == 1 and "must force" in p.stderr.decode() and "abababababab" in p.stderr.decode()
-    shutil.rmtree(k.root / "containers")
+    conn.execute("DELETE FROM containers")
+    conn.close()
     assert k.out("image", "rm", "localhost:5000/x/alpine:v1").splitlines() == [
         "Untagged: localhost:5000/x/alpine:v1", f"Deleted: {iid}"]
     assert k.out("rmi", "alpine:3.17.10").splitlines()[-1].startswith("Deleted: sha256:")

@@ -87,8 +87,7 @@ def test_sigkill_of_pid1_from_host_gives_137(images):
         # The record gets its Pid once `start` has returned, which may be after the
         # program's first output; kill(0) would signal our own process group.
         for _ in range(500):
-            recs = [json.loads((d / "container.json").read_text()) for d in (images.root / "containers").iterdir()]
-            pid = next(r["Pid"] for r in recs if r["Name"] == "victim")
+            pid = json.loads(images.out("inspect", "--type", "container", "victim"))[0]["State"]["Pid"]
             if pid:
                 break
             time.sleep(0.01)
@@ -225,7 +224,7 @@ def test_bad_input_errors(images, tmp_path):
     p = images("run", "--no-such-flag", "alpine:3.20.3")
     assert p.returncode == 125 and b"no-such-flag" in p.stderr
     # nothing half-created: no container records (every other test uses --rm or rm -f)
-    assert not any((images.root / "containers").glob("*/container.json"))
+    assert images.out("ps", "-aq") == ""
 
 
 def test_only_loopback_network(images):
@@ -308,9 +307,7 @@ def test_kill_9_of_ketch_and_container_leaves_no_mount(images):
         assert p.stdout.readline() == b"up\n"
         from tests.conftest import mounts_under
         assert not mounts_under(str(images.root)), "the overlay must not be visible on the host"
-        rec = next(json.loads((d / "container.json").read_text())
-                   for d in (images.root / "containers").iterdir()
-                   if json.loads((d / "container.json").read_text())["Name"] == "killed")
+        rec = {"Pid": json.loads(images.out("inspect", "--type", "container", "killed"))[0]["State"]["Pid"]}
         p.kill()
         p.wait()
         os.kill(rec["Pid"], signal.SIGKILL)

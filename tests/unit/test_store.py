@@ -369,9 +369,11 @@ def test_rmi_gc_sweeps_old_strays_only(store):
 
 
 def _write_container(paths: Paths, cid: str, image_id: str) -> None:
-    d = paths.containers / cid
-    d.mkdir(parents=True)
-    (d / "container.json").write_text(json.dumps({"Id": cid, "Image": image_id}))
+    from ketch import db
+    conn = db.connect(paths.root)
+    conn.execute("INSERT INTO containers (id, name, image, image_name, created) VALUES (?, ?, ?, 'x', '')",
+                 (cid, cid[:12], image_id))
+    conn.close()
 
 
 def test_rmi_refuses_image_in_use(store):
@@ -380,7 +382,6 @@ def test_rmi_refuses_image_in_use(store):
     assert store.containers_using(img.id) == []
     cid = "c0ffee" * 10 + "abcd"
     _write_container(store.paths, cid, img.id)
-    (store.paths.containers / "junk").mkdir()  # records that are not containers are ignored
     assert store.containers_using(img.id) == [cid]
     with pytest.raises(ImageError, match=r'unable to remove repository reference "app:1" \(must force\) - '
                                          rf"container {cid[:12]} is using its referenced image {img.short_id}"):

@@ -106,6 +106,9 @@ class RunOptions:
     tty: bool = False
     rm: bool = False
     command: tuple[str, ...] = ()
+    detach: bool = False
+    restart: tuple[str, int] = ("no", 0)  # --restart: (policy name, MaximumRetryCount)
+    init: bool = False                    # --init: tini as PID 1
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -532,6 +535,30 @@ def parse_tmpfs(value: str) -> Mount:
     return Mount("tmpfs", target, read_only="ro" in merged, tmpfs_options=tuple(words))
 
 
+RESTART_POLICIES = ("no", "on-failure", "always", "unless-stopped")
+
+
+def parse_restart(value: str) -> tuple[str, int]:
+    """``--restart no|on-failure[:N]|always|unless-stopped`` → (name, maximum
+    retry count), as docker/cli ``opts.ParseRestartPolicy``.  Raises
+    :class:`UsageError`."""
+    name, has_n, n = value.partition(":")
+    if name not in RESTART_POLICIES:
+        raise UsageError(f"invalid restart policy: unknown policy '{name}'; use one of "
+                         "'no', 'always', 'on-failure', or 'unless-stopped'")
+    if has_n:
+        if name != "on-failure":
+            raise UsageError(f"invalid restart policy: maximum retry count can only be used with 'on-failure'")
+        try:
+            count = int(n)
+            if count < 0:
+                raise ValueError(n)
+        except ValueError:
+            raise UsageError(f"invalid restart policy: invalid count '{n}'") from None
+        return name, count
+    return name, 0
+
+
 def parse_run_options(**kw: Any) -> RunOptions:
     """Build :class:`RunOptions` from raw flag values: ``volumes``, ``mounts`` and
     ``tmpfs`` given as lists of strings are parsed with :func:`parse_volume`,
@@ -544,12 +571,16 @@ def parse_run_options(**kw: Any) -> RunOptions:
         kw["mounts"] = tuple(v if isinstance(v, Mount) else parse_mount(v, cwd=cwd) for v in kw["mounts"])
     if "tmpfs" in kw:
         kw["tmpfs"] = tuple(v if isinstance(v, Mount) else parse_tmpfs(v) for v in kw["tmpfs"])
+    if isinstance(kw.get("restart"), str):
+        kw["restart"] = parse_restart(kw["restart"])
+    if kw.get("rm") and kw.get("restart", ("no", 0))[0] != "no":
+        raise UsageError("Conflicting options: --restart and --rm")
     return RunOptions(**kw)
 
 
 __all__ = [
     "DEFAULT_PROPAGATION", "Mount", "PROPAGATIONS", "RunOptions", "TMPFS_DEFAULT_OPTIONS",
     "clean_path", "merge_tmpfs_options", "parse_env", "parse_env_file", "parse_mount",
-    "parse_ram_bytes", "parse_run_options", "parse_tmpfs", "parse_volume", "parse_workdir",
+    "parse_ram_bytes", "parse_restart", "parse_run_options", "parse_tmpfs", "parse_volume", "parse_workdir",
     "tmpfs_size_option", "validate_env", "validate_hostname",
 ]

@@ -606,21 +606,15 @@ class ImageStore:
         raise ImageNotFound(f"No such image: {parse(name).familiar}")
 
     def containers_using(self, image_id: str) -> list[str]:
-        """IDs of containers whose record ``paths.containers/<id>/container.json`` has ``"Image": image_id``."""
-        out = []
+        """IDs of containers whose record (the engine's database, :mod:`ketch.db`) uses ``image_id``."""
+        from ketch import db
+        conn = db.connect(self.paths.root, create=False)
+        if conn is None:
+            return []
         try:
-            entries = sorted(os.scandir(self.paths.containers), key=lambda e: e.name)
-        except FileNotFoundError:
-            return out
-        for e in entries:
-            try:
-                with open(os.path.join(e.path, "container.json"), "rb") as f:
-                    rec = json.load(f)
-            except (OSError, ValueError):
-                continue
-            if isinstance(rec, dict) and rec.get("Image") == image_id:
-                out.append(e.name)
-        return out
+            return [r[0] for r in conn.execute("SELECT id FROM containers WHERE image=? ORDER BY id", (image_id,))]
+        finally:
+            conn.close()
 
     def remove(self, ref: str, force: bool = False) -> list[tuple[str, str]]:
         """Docker's ``rmi`` of one image; returns ``[("Untagged", "alpine:3.20.3"), ("Deleted", "sha256:…")]``.
