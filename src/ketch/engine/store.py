@@ -163,11 +163,9 @@ class ContainerStore:
     @property
     def conn(self) -> sqlite3.Connection:
         if self._conn is None:
-            import sqlite3
-
             from ketch import db
             self._conn = db.connect(self.paths.root)
-            self._conn.row_factory = sqlite3.Row
+            self._conn.row_factory = db.sqlite3.Row
         return self._conn
 
     def dir(self, cid: str) -> os.PathLike:
@@ -183,7 +181,7 @@ class ContainerStore:
                auto_remove: bool | None = None) -> ContainerRecord:
         """Reserve an ID and a unique name, write the record, make its directory.
         Raises ContainerStateError (Docker's "Conflict") if ``name`` is taken."""
-        import sqlite3
+        from ketch.db import sqlite3
 
         host_config = dict(host_config or {})
         if auto_remove is not None:
