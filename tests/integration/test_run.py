@@ -307,7 +307,14 @@ def test_kill_9_of_ketch_and_container_leaves_no_mount(images):
         assert p.stdout.readline() == b"up\n"
         from tests.conftest import mounts_under
         assert not mounts_under(str(images.root)), "the overlay must not be visible on the host"
-        rec = {"Pid": json.loads(images.out("inspect", "--type", "container", "killed"))[0]["State"]["Pid"]}
+        # The record gets its Pid once `start` has returned, which may be after the
+        # program's first output; kill(0) would signal our own process group.
+        for _ in range(500):
+            rec = {"Pid": json.loads(images.out("inspect", "--type", "container", "killed"))[0]["State"]["Pid"]}
+            if rec["Pid"]:
+                break
+            time.sleep(0.01)
+        assert rec["Pid"] > 0
         p.kill()
         p.wait()
         os.kill(rec["Pid"], signal.SIGKILL)
