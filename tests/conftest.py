@@ -76,6 +76,9 @@ def _new_base(prefix: str) -> Path:
 
 
 def _cleanup(k: Ketch) -> None:
+    # Network state lives outside the root (bridges, iptables rules, netns pins): undo it first.
+    from ketch.network.manager import cleanup_root
+    cleanup_root(k.root, k.runroot)
     leaks = mounts_under(str(k.base))
     for mp in sorted(leaks, key=len, reverse=True):
         subprocess.run(["umount", "-l", mp], check=False)

@@ -228,7 +228,8 @@ def test_bad_input_errors(images, tmp_path):
 
 
 def test_only_loopback_network(images):
-    out = images.out("run", "--rm", "alpine:3.20.3", "sh", "-c", "ip -o link | cut -d: -f2; ip -o addr show lo")
+    out = images.out("run", "--rm", "--network", "none", "alpine:3.20.3", "sh", "-c",
+                     "ip -o link | cut -d: -f2; ip -o addr show lo")
     lines = out.splitlines()
     assert lines[0].strip() == "lo" and "127.0.0.1/8" in out, out
     assert len([x for x in lines if "link" not in x and x.strip() and ":" not in x]) == 1, out

@@ -56,6 +56,8 @@ COMMANDS: dict[str, str] = {
     "logout": "registry",
     "push": "registry",
     "compat": "compat",
+    "network": "network",
+    "port": "network",
 }
 
 

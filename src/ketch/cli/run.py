@@ -37,6 +37,12 @@ def configure_run(p: argparse.ArgumentParser) -> None:
     p.add_argument("--read-only", action="store_true", help="mount the container's root filesystem as read only")
     p.add_argument("-i", "--interactive", action="store_true", help="keep STDIN open")
     p.add_argument("-t", "--tty", action="store_true", help="allocate a pseudo-TTY")
+    p.add_argument("--network", "--net", default="bridge", metavar="NETWORK",
+                   help="connect the container to a network: bridge (default), none, host or a network's name")
+    p.add_argument("-p", "--publish", action="append", default=[], metavar="[IP:][HOSTPORT:]CTRPORT[/PROTO]",
+                   help="publish a container's port(s) to the host")
+    p.add_argument("-P", "--publish-all", action="store_true",
+                   help="publish all exposed ports to free host ports")
     p.add_argument("image", metavar="IMAGE")
     p.add_argument("command", nargs=argparse.REMAINDER, metavar="COMMAND")
 
@@ -50,7 +56,8 @@ def run_run(args: argparse.Namespace, paths: Paths) -> int:
         hostname=args.hostname, entrypoint=args.entrypoint, volumes=args.volume, mounts=args.mount,
         tmpfs=args.tmpfs, read_only=args.read_only, interactive=args.interactive, tty=args.tty,
         rm=args.rm, command=args.command, cwd=os.getcwd(),
-        detach=args.detach, restart=args.restart, init=args.init)
+        detach=args.detach, restart=args.restart, init=args.init,
+        network=args.network, publish=args.publish, publish_all=args.publish_all)
     engine = Engine(paths)
     code = engine.run(args.image, opts)
     if opts.detach:

@@ -82,13 +82,18 @@ class Engine:
             lowers = self.snapshots.ensure_image(self.images.content, image)
             upper, work = self.snapshots.prepare_rw(rec.Id)
             rootfs.mkdir()
+            # Before private_mounts: the network namespace is pinned by a mount on the host.
+            from ketch.network import attach_container
+            net = attach_container(self.paths, rec.Id, cdir, rec.Name, opts, image.config.config.ExposedPorts)
             private_mounts()
             self.snapshots.mount(lowers, upper, work, rootfs)
             mounted = True
             hostname = opts.hostname or rec.Id[:12]
-            hosts = make_hosts_files(cdir, hostname)
+            hosts = make_hosts_files(cdir, hostname, ip=net.ip or None)
+            net.joined(self.paths, cdir)
             spec = build_spec(image.config, opts, container_id=rec.Id, rootfs=str(rootfs),
                               hosts_files=hosts, host_env=os.environ)
+            spec = net.apply(spec)
             create_bind_sources(opts)
             make_workdir(str(rootfs), spec.process.cwd)
             if spec.process.terminal:
@@ -115,6 +120,8 @@ class Engine:
                 if mounted:
                     self.snapshots.unmount(rootfs)
                 self.runtime.delete(rec.Id, force=True)
+                from ketch.network import detach_container
+                detach_container(self.paths, cdir, warn=True)
                 if opts.rm or code is None:
                     self._remove_files(rec.Id)
         return code

@@ -105,6 +105,9 @@ class RunOptions:
     interactive: bool = False
     tty: bool = False
     rm: bool = False
+    network: str = "bridge"               # --network bridge|none|host|NAME (ketch.network)
+    publish: tuple[str, ...] = ()         # -p values, checked by ketch.network.ports.parse_publish
+    publish_all: bool = False             # -P
     command: tuple[str, ...] = ()
     detach: bool = False
     restart: tuple[str, int] = ("no", 0)  # --restart: (policy name, MaximumRetryCount)
@@ -124,6 +127,10 @@ class RunOptions:
         for m in (*self.volumes, *self.mounts, *self.tmpfs):
             if not isinstance(m, Mount):
                 raise TypeError(f"RunOptions mounts must be Mount values, not {type(m).__name__}")
+        if self.publish:
+            from ketch.network.ports import parse_publish
+            for p in self.publish:
+                parse_publish(p)
 
     def user_mounts(self) -> tuple[Mount, ...]:
         """Every user mount, checked for duplicates: binds (``-v`` then

@@ -55,8 +55,8 @@ HOSTS_DEFAULTS = (
     ("ff02::1", "ip6-allnodes"),
     ("ff02::2", "ip6-allrouters"),
 )
-# Until containers have their own network address, the hostname resolves to a
-# loopback address (Debian's convention for the machine's own name).
+# Without a network address of its own (--network none|host), the hostname resolves
+# to a loopback address (Debian's convention for the machine's own name).
 CONTAINER_HOSTS_IP = "127.0.1.1"
 
 # Docker's default capability set (moby oci/caps/defaults.go): what a container
@@ -360,21 +360,23 @@ def _parse_extra_host(h: str | tuple[str, str]) -> tuple[str, str]:
     return name, ip
 
 
-def hosts_content(hostname: str, extra_hosts: Iterable[str | tuple[str, str]] = ()) -> str:
+def hosts_content(hostname: str, extra_hosts: Iterable[str | tuple[str, str]] = (),
+                  ip: str | None = None) -> str:
     """The container's ``/etc/hosts``: libnetwork's default records, then
     ``--add-host`` records (``name:ip``, ``name=ip`` or ``(name, ip)``; an
-    IPv6 address may be bracketed), then ``127.0.1.1 <hostname>`` (plus the
-    short name when it is a FQDN) where Docker writes the container's IP.
+    IPv6 address may be bracketed), then ``<ip> <hostname>`` (plus the
+    short name when it is a FQDN): the container's own address, as Docker,
+    or ``127.0.1.1`` when it has none (``--network none|host``).
     Raises :class:`UsageError` for a malformed extra host."""
-    lines = [f"{ip}\t{names}" for ip, names in HOSTS_DEFAULTS]
+    lines = [f"{addr}\t{names}" for addr, names in HOSTS_DEFAULTS]
     for h in extra_hosts:
-        name, ip = _parse_extra_host(h)
-        lines.append(f"{ip}\t{name}")
+        name, addr = _parse_extra_host(h)
+        lines.append(f"{addr}\t{name}")
     names = hostname
     short = hostname.partition(".")[0]
     if short != hostname:
         names += f" {short}"
-    lines.append(f"{CONTAINER_HOSTS_IP}\t{names}")
+    lines.append(f"{ip or CONTAINER_HOSTS_IP}\t{names}")
     return "\n".join(lines) + "\n"
 
 
@@ -419,7 +421,7 @@ def _write(path: Path, text: str) -> None:
 
 def make_hosts_files(dir: Path, hostname: str, host_resolv: Path = Path("/etc/resolv.conf"),
                      extra_hosts: Iterable[str | tuple[str, str]] = (), *, ipv6: bool = False,
-                     systemd_resolv: Path | None = SYSTEMD_RESOLV) -> dict[str, str]:
+                     systemd_resolv: Path | None = SYSTEMD_RESOLV, ip: str | None = None) -> dict[str, str]:
     """Write ``hosts``, ``hostname`` and ``resolv.conf`` into ``dir`` (created
     if missing; files 0644, replaced atomically) and return
     ``{"/etc/resolv.conf": path, "/etc/hostname": path, "/etc/hosts": path}``
@@ -444,7 +446,7 @@ def make_hosts_files(dir: Path, hostname: str, host_resolv: Path = Path("/etc/re
             resolv = systemd_resolv.read_text(errors="replace")
         except FileNotFoundError:
             pass
-    hosts = hosts_content(hostname, extra_hosts)
+    hosts = hosts_content(hostname, extra_hosts, ip=ip)
     _write(dir / "resolv.conf", resolv_conf_content(resolv, ipv6=ipv6))
     _write(dir / "hostname", hostname + "\n")
     _write(dir / "hosts", hosts)
