@@ -238,6 +238,11 @@ def test_exec(k):
     assert p.stdout.split() == [b"nobody", b"/tmp", b"2", b"3"], p.stderr
     # the container's PID namespace: PID 1 is the container's sleep
     assert k.out("exec", "box", "cat", "/proc/1/cmdline").split("\0")[0] == "sleep"
+    # the container's capability sets (and seccomp filter mode), not ketch's
+    status = k.out("exec", "box", "sh", "-c", "grep -E '^(CapBnd|CapEff|Seccomp):' /proc/self/status /proc/1/status")
+    mine = sorted(line.split(":", 1)[1] for line in status.splitlines() if line.startswith("/proc/self"))
+    pid1 = sorted(line.split(":", 1)[1] for line in status.splitlines() if line.startswith("/proc/1"))
+    assert mine == pid1, status
     assert k("exec", "box", "nosuch").returncode == 127
     assert k("exec", "box", "/etc/passwd").returncode == 126
     assert k("exec", "-i", "box", "cat", input=b"piped\n").stdout == b"piped\n"

@@ -65,7 +65,12 @@ def exec_in_container(paths: Paths, ref: str, command: list[str], *, detach: boo
     if not rec.pid1_alive():
         raise NotRunning(f"container {rec.Id} is not running")
     with open(paths.containers / rec.Id / "config.json") as f:
-        base = Process.from_json(json.load(f)["process"])
+        cfg = json.load(f)
+    base = Process.from_json(cfg["process"])
+    seccomp = None
+    if (cfg.get("linux") or {}).get("seccomp"):
+        from ketch.oci.runtime import Spec
+        seccomp = Spec.from_json(cfg).linux.seccomp
     process = build_process(base, rec.Pid, command, tty=tty, user=user, workdir=workdir,
                             env=list(env), env_files=list(env_files))
     devnull = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
@@ -78,7 +83,8 @@ def exec_in_container(paths: Paths, ref: str, command: list[str], *, detach: boo
     elif tty:
         process = replace(process, terminal=False)  # -dt: nobody would read the terminal
     try:
-        helper = rexec.exec_process(rec.Pid, process, stdio=stdio, console_socket=child, detach=detach)
+        helper = rexec.exec_process(rec.Pid, process, stdio=stdio, console_socket=child, detach=detach,
+                                    seccomp=seccomp)
     finally:
         os.close(devnull)
         if child is not None:

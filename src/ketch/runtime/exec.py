@@ -20,8 +20,10 @@ host's Python standard library is out of reach (DESIGN.md).  The caller
 must be single-threaded (setns(CLONE_NEWNS) refuses multi-threaded callers,
 which is why it happens in the child).
 
-Not yet applied to the exec'd process: the container's capability sets,
-no_new_privileges, seccomp and rlimits (see ``process`` in config.json).
+The process gets its own ``capabilities`` and ``noNewPrivileges`` (as the
+container's init applies them) and, when given, the container's seccomp
+profile (built before the fork: libseccomp is a host library).  Not applied:
+rlimits (inherited from the caller), AppArmor/SELinux labels.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ import os
 
 from ketch.errors import ContainerStateError, ExecError, KetchError
 from ketch.linux import syscalls as sc
+from ketch.runtime import capabilities as _caps
 from ketch.runtime import init as _init
 
 TYPE_CHECKING = False
@@ -112,10 +115,11 @@ def join_cgroups(pid1: int) -> None:
 
 
 def exec_process(pid1: int, process: Process, *, stdio: tuple[int, int, int] = (0, 1, 2),
-                 console_socket: socket.socket | None = None, detach: bool = False) -> int:
+                 console_socket: socket.socket | None = None, detach: bool = False, seccomp=None) -> int:
     """Start ``process`` in the container of ``pid1``; return the PID of the
     helper (A) to wait for: its exit status is the process's (Docker's
-    exit code; 0 at once with ``detach``).
+    exit code; 0 at once with ``detach``).  ``seccomp``: the container's
+    ``linux.seccomp`` (an :mod:`ketch.oci` Seccomp), or None.
 
     Returns only once the program is executing.  Raises ContainerStateError
     if PID 1 is gone, ExecError (126/127 as Docker: cwd, not found, not
@@ -123,6 +127,10 @@ def exec_process(pid1: int, process: Process, *, stdio: tuple[int, int, int] = (
     """
     import sys
 
+    filt = None
+    if seccomp is not None:
+        from ketch.runtime import seccomp as _seccomp
+        filt = _seccomp.build(seccomp)
     try:
         fds = _ns_fds(pid1)
     except FileNotFoundError:
@@ -144,7 +152,7 @@ def exec_process(pid1: int, process: Process, *, stdio: tuple[int, int, int] = (
                 os.close(fd)
             b = os.fork()
             if b == 0:  # -------------------------------------------------- B
-                _child(process, stdio, console_socket, w)
+                _child(process, stdio, console_socket, w, filt)
             os.close(w)
             if detach:
                 code = 0
@@ -205,7 +213,8 @@ class _SpecView:
         self.process = process
 
 
-def _child(process: Process, stdio: tuple[int, int, int], console: socket.socket | None, w: int) -> None:
+def _child(process: Process, stdio: tuple[int, int, int], console: socket.socket | None, w: int,
+           filt=None) -> None:
     """B: in the container; never returns."""
     code = 126
     try:
@@ -223,14 +232,25 @@ def _child(process: Process, stdio: tuple[int, int, int], console: socket.socket
         except OSError as e:
             raise ExecError(f"chdir to cwd ({process.cwd!r}) set in config.json failed: {e.strerror}", 126) from None
         path = _init.find_executable(process.args[0], env.get("PATH", ""))
+        capmasks = _caps.masks(process.capabilities) if process.capabilities is not None else None
+        if filt is not None and not process.noNewPrivileges:
+            filt.load()  # needs CAP_SYS_ADMIN without no_new_privs: before capabilities are dropped
         user = process.user
+        if capmasks is not None:  # as the init: bounding set first, caps kept across setuid
+            _caps.drop_bounding(capmasks)
+            _caps.keep_caps(True)
         os.setgroups(list(user.additionalGids))
         os.setgid(user.gid)
         os.setuid(user.uid)
+        if capmasks is not None:
+            _caps.keep_caps(False)
+            _caps.apply_sets(capmasks)
         if user.umask is not None:
             os.umask(user.umask)
         if process.noNewPrivileges:
             sc.prctl(sc.PR_SET_NO_NEW_PRIVS, 1)
+        if filt is not None and process.noNewPrivileges:
+            filt.load()
         try:
             os.execve(path, list(process.args), env)
         except OSError as e:
