@@ -111,6 +111,13 @@ def _plugin_conf(conflist: dict[str, Any], plugin: dict[str, Any], runtime_confi
     return conf
 
 
+def _plugins(conflist: dict[str, Any], runtime_config: dict[str, Any]) -> list[dict[str, Any]]:
+    """The plugins to run: all, except ``portmap`` when there is no port to
+    map (it would do nothing but spend a process and iptables calls)."""
+    return [p for p in conflist.get("plugins", ())
+            if not (p.get("type") == "portmap" and not runtime_config.get("portMappings"))]
+
+
 def add(conflist: dict[str, Any], inv: Invocation, runtime_config: dict[str, Any],
         progress: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
     """CNI ADD of every plugin in order; returns the final result.
@@ -118,7 +125,7 @@ def add(conflist: dict[str, Any], inv: Invocation, runtime_config: dict[str, Any
     what exists before the next step).  Raises NetworkError; the caller runs
     :func:`delete` to undo a partial ADD."""
     prev: dict[str, Any] | None = None
-    for plugin in conflist.get("plugins", ()):
+    for plugin in _plugins(conflist, runtime_config):
         result = exec_plugin("ADD", _plugin_conf(conflist, plugin, runtime_config, prev), inv)
         prev = result or prev
         if progress is not None and prev is not None:
@@ -132,7 +139,7 @@ def delete(conflist: dict[str, Any], inv: Invocation, runtime_config: dict[str, 
     result.  Plugins tolerate what is already gone, so this is idempotent.
     Every plugin is tried; returns the error messages of those that failed."""
     errors = []
-    for plugin in reversed(conflist.get("plugins", ())):
+    for plugin in reversed(_plugins(conflist, runtime_config)):
         try:
             exec_plugin("DEL", _plugin_conf(conflist, plugin, runtime_config, cached), inv)
         except NetworkError as e:

@@ -512,8 +512,8 @@ def attach(paths: Paths, cid: str, cdir: Path, name: str, opts: Any,
     """Give container ``cid`` its network as ``opts.network`` says (``bridge``
     by default, ``none``, ``host`` or a network's name).  For a bridge
     network: check and pick host ports, pin a new network namespace under
-    ``<runroot>/netns/``, run CNI ADD of the network's plugins (and
-    ``loopback``), recording each step in ``cdir/network.json``.  Call in the
+    ``<runroot>/netns/`` (its loopback up), run CNI ADD of the network's
+    plugins, recording each step in ``cdir/network.json``.  Call in the
     host's mount namespace (before ``private_mounts``).  On failure, what was
     done is undone and NetworkError/UsageError raised."""
     mode = getattr(opts, "network", None) or DEFAULT_NETWORK
@@ -544,8 +544,6 @@ def attach(paths: Paths, cid: str, cdir: Path, name: str, opts: Any,
                 st["result"] = result
                 _write_state(cdir, st)
 
-            cni.exec_plugin("ADD", {"cniVersion": cni.CNI_VERSION, "name": "lo", "type": "loopback"},
-                            cni.Invocation(cid, st["netns"], "lo"))
             result = cni.add(net.conflist, inv, {"portMappings": st["portMappings"]}, progress)
         except BaseException:
             try:

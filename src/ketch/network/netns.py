@@ -85,7 +85,7 @@ def in_host_mount_ns(ino: int | None, fn, *args) -> None:
 
 def create(path: str) -> None:
     """Create a new network namespace pinned at ``path`` (a new empty file
-    bind-mounted over by ``/proc/thread-self/ns/net``).  This thread returns
+    bind-mounted over by ``/proc/thread-self/ns/net``), its loopback up.  This thread returns
     to its own network namespace afterwards.  Must run in the host's mount
     namespace.  Raises SyscallError, FileExistsError."""
     os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)
@@ -95,6 +95,7 @@ def create(path: str) -> None:
         sc.unshare(sc.CLONE_NEWNET)
         try:
             sc.mount("/proc/thread-self/ns/net", path, None, sc.MS_BIND)
+            _loopback_up()  # what CNI's loopback plugin does, without a process
         finally:
             sc.setns(own, sc.CLONE_NEWNET)
     except BaseException:
@@ -105,6 +106,16 @@ def create(path: str) -> None:
         raise
     finally:
         os.close(own)
+
+
+def _loopback_up() -> None:
+    """Set IFF_UP on ``lo`` of this thread's network namespace (netdevice(7))."""
+    import fcntl
+    import socket
+    import struct
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        flags = struct.unpack("16sH14x", fcntl.ioctl(s.fileno(), 0x8913, struct.pack("16sH14x", b"lo", 0)))[1]
+        fcntl.ioctl(s.fileno(), 0x8914, struct.pack("16sH14x", b"lo", flags | 0x1))  # SIOCSIFFLAGS, IFF_UP
 
 
 def is_mounted(path: str) -> bool:
