@@ -133,10 +133,12 @@ class Tools:
         (bundle / "config.json").write_text(json.dumps(spec, indent=1))
 
     def command(self, name: str) -> list[str]:
+        # --network none on both sides, as the podman command has: the issue's
+        # comparison is of starting a container, not of creating a veth pair.
         if name == "ketch":
-            return self.ketch + ["run", "--rm", IMAGE, "true"]
+            return self.ketch + ["run", "--rm", "--network", "none", IMAGE, "true"]
         if name == "baseline":
-            return self.baseline + ["run", "--rm", IMAGE, "true"]
+            return self.baseline + ["run", "--rm", "--network", "none", IMAGE, "true"]
         if name == "podman":
             return self.podman + ["run"] + PODMAN_RUN_FLAGS + [IMAGE, "true"]
         self.runc_seq += 1

@@ -12,7 +12,7 @@ need_root
 
 PKGS="python3 python3-venv python3-pip ca-certificates openssl zstd tar mmdebstrap
       runc crun podman containerd umoci skopeo docker-registry uidmap iproute2 util-linux
-      tini"
+      tini containernetworking-plugins iptables"
 missing=""
 for p in $PKGS; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing="$missing $p"

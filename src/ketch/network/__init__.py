@@ -29,6 +29,10 @@ if TYPE_CHECKING:
 def attach_container(paths: Paths, cid: str, cdir: Path, name: str, opts: Any,
                      exposed: tuple[str, ...] = ()) -> Attachment:
     """See :func:`ketch.network.manager.attach`."""
+    mode = getattr(opts, "network", None)
+    if mode in ("none", "host") and not getattr(opts, "publish", ()) and not getattr(opts, "publish_all", False):
+        from .attachment import Attachment  # nothing to set up: CNI and iptables stay unimported
+        return Attachment(mode)
     from .manager import attach
     return attach(paths, cid, cdir, name, opts, exposed)
 

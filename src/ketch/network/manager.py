@@ -37,12 +37,13 @@ import re
 import subprocess
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 from ketch.errors import UsageError
 
 from . import cni, netns
+from .attachment import DEFAULT_NETWORK, Attachment
 from .cni import NetworkError
 from .ports import PortMapping
 
@@ -52,7 +53,6 @@ if TYPE_CHECKING:
 
     from ketch.paths import Paths
 
-DEFAULT_NETWORK = "bridge"
 PREDEFINED = ("bridge", "host", "none")
 DEFAULT_POOL = ipaddress.ip_network(os.environ.get("KETCH_SUBNET_POOL", "10.77.0.0/16"))
 MACHINE_LOCK = Path("/run/lock/ketch-networks.lock")
@@ -464,35 +464,6 @@ def _write_state(cdir: Path, st: dict) -> None:
     tmp = Path(cdir) / f".{STATE_FILE}.tmp"
     tmp.write_text(json.dumps(st, indent=1))
     os.replace(tmp, Path(cdir) / STATE_FILE)
-
-
-@dataclass
-class Attachment:
-    """What :func:`attach` set up: the mode, and for a bridge network the
-    namespace path, the address and the published ports."""
-
-    mode: str                       # none | host | bridge (any bridge network)
-    network: str = ""
-    netns: str = ""
-    ip: str = ""
-    ports: list[PortMapping] = field(default_factory=list)
-
-    def joined(self, paths: Paths, cdir: Path) -> None:
-        """The container's ``hosts`` file exists: list it among its network's
-        members (:func:`join_hosts`)."""
-        if self.mode == "bridge":
-            join_hosts(paths, cdir)
-
-    def apply(self, spec: Any) -> Any:
-        """``spec`` with its network namespace entry set: joined by path for a
-        bridge network, removed for ``host``, left new (loopback only) for ``none``."""
-        if self.mode == "none":
-            return spec
-        from ketch.oci.runtime import Namespace
-        nss = [ns for ns in spec.linux.namespaces if ns.type != "network"]
-        if self.mode == "bridge":
-            nss.append(Namespace("network", self.netns))
-        return spec.with_(linux=replace(spec.linux, namespaces=tuple(nss)))
 
 
 def requested_ports(opts: Any, exposed: tuple[str, ...] | list[str] = ()) -> list[PortMapping]:
