@@ -367,3 +367,29 @@ def test_reader_going_away_ends_quietly(images):
     cmd = " ".join(shlex.quote(a) for a in images.argv("image", "inspect", "alpine:3.20.3"))
     p = subprocess.run(f"{cmd} | head -c 10", shell=True, capture_output=True, timeout=60)
     assert b"Traceback" not in p.stderr, p.stderr
+
+
+def test_sigterm_to_ketch_reaches_a_tty_container(images):
+    pid, master = pty.fork()
+    if pid == 0:
+        argv = images.argv("run", "--rm", "-t", "alpine:3.20.3", "sh", "-c",
+                           "trap 'echo got-term; exit 9' TERM; echo ready; while :; do sleep 0.1; done")
+        os.execv(argv[0], argv)
+    out = b""
+    deadline = time.time() + 60
+    while b"ready" not in out and time.time() < deadline:
+        if select.select([master], [], [], 1)[0]:
+            out += os.read(master, 4096)
+    os.kill(pid, signal.SIGTERM)
+    try:
+        while time.time() < deadline:
+            if select.select([master], [], [], 1)[0]:
+                data = os.read(master, 4096)
+                if not data:
+                    break
+                out += data
+    except OSError:
+        pass
+    _, status = os.waitpid(pid, 0)
+    os.close(master)
+    assert os.waitstatus_to_exitcode(status) == 9 and b"got-term" in out, out

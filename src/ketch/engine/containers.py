@@ -150,14 +150,15 @@ class Engine:
         master = recv_console(console_parent) if console_parent is not None else None
         if console_parent is not None:
             console_parent.close()
-        saved = {}
-        if master is None:
-            def forward(sig, _frame, pid=state.pid):
-                try:
-                    os.kill(pid, sig)
-                except ProcessLookupError:
-                    pass
-            saved = {s: signal.signal(s, forward) for s in PROXIED_SIGNALS}
+        # Signals go to the container with -t too: Docker's daemon outlives a
+        # client killed by SIGTERM or SIGHUP (a closed terminal), ketch has no
+        # daemon, so the container hears them instead of being orphaned.
+        def forward(sig, _frame, pid=state.pid):
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+        saved = {s: signal.signal(s, forward) for s in PROXIED_SIGNALS}
         try:
             self.runtime.start(rec.Id)
             # Recorded once started (not before: it would still be "created"), while
