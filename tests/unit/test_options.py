@@ -299,3 +299,16 @@ def test_user_mounts_duplicates(tmp_path):
     # --tmpfs replaces a bind at the same target; the last --tmpfs wins
     ms = parse_run_options(volumes=["/a:/c"], tmpfs=["/c:size=1k", "/c:size=2k"]).user_mounts()
     assert ms == (Mount("tmpfs", "/c", tmpfs_options=("size=2k",)),)
+
+
+@pytest.mark.parametrize("name,ok", [
+    ("web", True), ("web-1_a.b", True), ("/web", True), ("a1", True),
+    ("a", False), ("bad name", False), ("a/b", False), ("-x", False), ("x\ny", False), ("", False),
+])
+def test_container_names_follow_docker(name, ok):
+    from ketch.engine.options import validate_name
+    if ok:
+        assert RunOptions(name=name).name == name
+    else:
+        with pytest.raises(UsageError, match="Invalid container name"):
+            validate_name(name)

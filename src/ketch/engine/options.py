@@ -124,6 +124,8 @@ class RunOptions:
             object.__setattr__(self, "workdir", parse_workdir(self.workdir))
         if self.hostname:
             validate_hostname(self.hostname)
+        if self.name:  # "" is no name, as Docker's --name ""
+            validate_name(self.name)
         for m in (*self.volumes, *self.mounts, *self.tmpfs):
             if not isinstance(m, Mount):
                 raise TypeError(f"RunOptions mounts must be Mount values, not {type(m).__name__}")
@@ -245,6 +247,17 @@ def parse_workdir(value: str) -> str:
 
 _HOSTNAME_LABEL = r"(?:[A-Za-z0-9]|[A-Za-z0-9][A-Za-z0-9-]*[A-Za-z0-9])"
 _HOSTNAME_RE = re.compile(rf"^(?:{_HOSTNAME_LABEL}\.)*{_HOSTNAME_LABEL}$")
+
+
+_NAME_RE = re.compile(r"^/?[a-zA-Z0-9][a-zA-Z0-9_.-]+$")
+
+
+def validate_name(value: str) -> str:
+    """``--name``: Docker's pattern ``/?[a-zA-Z0-9][a-zA-Z0-9_.-]+`` (moby
+    daemon/names).  Raises :class:`UsageError` with Docker's message."""
+    if not _NAME_RE.match(value):
+        raise UsageError(f"Invalid container name ({value}), only [a-zA-Z0-9][a-zA-Z0-9_.-] are allowed")
+    return value
 
 
 def validate_hostname(value: str) -> str:
@@ -589,5 +602,5 @@ __all__ = [
     "DEFAULT_PROPAGATION", "Mount", "PROPAGATIONS", "RunOptions", "TMPFS_DEFAULT_OPTIONS",
     "clean_path", "merge_tmpfs_options", "parse_env", "parse_env_file", "parse_mount",
     "parse_ram_bytes", "parse_restart", "parse_run_options", "parse_tmpfs", "parse_volume", "parse_workdir",
-    "tmpfs_size_option", "validate_env", "validate_hostname",
+    "tmpfs_size_option", "validate_env", "validate_hostname", "validate_name",
 ]
