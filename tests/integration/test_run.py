@@ -393,3 +393,13 @@ def test_sigterm_to_ketch_reaches_a_tty_container(images):
     _, status = os.waitpid(pid, 0)
     os.close(master)
     assert os.waitstatus_to_exitcode(status) == 9 and b"got-term" in out, out
+
+
+def test_rm_containers_use_a_volatile_writable_layer(images):
+    # --rm: the layer is thrown away, so overlayfs need not sync it (nor the whole
+    # upper filesystem at unmount), as podman does; a kept container's is durable.
+    opts = images.out("run", "--rm", "alpine:3.20.3", "grep", " / ", "/proc/self/mountinfo")
+    assert "volatile" in opts, opts
+    opts = images.out("run", "--name", "durable", "alpine:3.20.3", "grep", " / ", "/proc/self/mountinfo")
+    images("rm", "durable")
+    assert "volatile" not in opts, opts

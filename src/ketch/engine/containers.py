@@ -86,7 +86,7 @@ class Engine:
             from ketch.network import attach_container
             net = attach_container(self.paths, rec.Id, cdir, rec.Name, opts, image.config.config.ExposedPorts)
             private_mounts()
-            self.snapshots.mount(lowers, upper, work, rootfs)
+            self.snapshots.mount(lowers, upper, work, rootfs, volatile=bool(opts.rm))
             mounted = True
             hostname = opts.hostname or rec.Id[:12]
             hosts = make_hosts_files(cdir, hostname, ip=net.ip or None)

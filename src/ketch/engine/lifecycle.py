@@ -240,7 +240,7 @@ def _launch_existing(engine: Engine, rec: ContainerRecord) -> None:
     _attach_network(engine, rec, image)  # in the host's mount namespace
     private_mounts()
     engine.snapshots.unmount(rootfs)  # a stale mount of this namespace (start after start in one process)
-    engine.snapshots.mount(lowers, upper, work, rootfs)
+    engine.snapshots.mount(lowers, upper, work, rootfs, volatile=bool(rec.HostConfig.get("AutoRemove")))
     try:
         launch(engine, rec)
     except BaseException as e:

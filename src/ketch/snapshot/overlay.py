@@ -334,12 +334,14 @@ class Snapshotter:
         return []
 
     def mount_options(self, lowers: Sequence[Path], upper: Path, work: Path,
-                      relative: bool = False) -> str:
+                      relative: bool = False, volatile: bool = False) -> str:
         """The overlayfs option string for these dirs.
 
         With ``relative`` every lower of ours is named ``l/<id>`` and
         ``upper``/``work`` relative to the root (valid only from a working
         directory of ``self.root``).  Lower dirs are top-most first.
+        ``volatile`` adds overlayfs' ``volatile`` option (no sync of the upper
+        filesystem, at unmount either: overlayfs.rst "Volatile mount").
         """
         if not lowers:
             lowers = [self._empty()]
@@ -355,22 +357,31 @@ class Snapshotter:
             return _esc(str(p))
 
         opts = [f"lowerdir={':'.join(names)}", f"upperdir={rel(upper)}", f"workdir={rel(work)}"]
-        return ",".join(opts + self._extra_options())
+        return ",".join(opts + self._extra_options() + (["volatile"] if volatile else []))
 
-    def mount(self, lowers: Sequence[Path], upper: Path, work: Path, target: Path) -> None:
+    def mount(self, lowers: Sequence[Path], upper: Path, work: Path, target: Path,
+              volatile: bool = False) -> None:
         """Mount overlayfs at ``target`` (created if missing): ``lowers`` top-most first.
 
         The mount is read-write; a runtime wanting a read-only root remounts
-        it.  Falls back to short relative lower names when the absolute
-        option string exceeds one page (see the module docstring).  Raises
-        SyscallError(errno, "mount", target), or ImageError when even the
-        short form does not fit.
+        it.  ``volatile``: for a writable layer that is thrown away with the
+        container (``run --rm``, as podman does): its writes are never synced,
+        which spares the sync of the whole upper filesystem at unmount; a
+        kernel without the option (< 5.10) mounts without it.  Falls back to
+        short relative lower names when the absolute option string exceeds
+        one page (see the module docstring).  Raises SyscallError(errno,
+        "mount", target), or ImageError when even the short form does not fit.
         """
         target_s = os.path.abspath(target)
         os.makedirs(target_s, exist_ok=True)
-        data = self.mount_options(lowers, upper, work)
+        data = self.mount_options(lowers, upper, work, volatile=volatile)
         if len(data) < PAGE_LIMIT:
-            syscalls.mount("overlay", target_s, "overlay", 0, data)
+            try:
+                syscalls.mount("overlay", target_s, "overlay", 0, data)
+            except SyscallError as e:
+                if not volatile or e.errno != errno.EINVAL:
+                    raise
+                syscalls.mount("overlay", target_s, "overlay", 0, self.mount_options(lowers, upper, work))
             return
         data = self.mount_options(lowers, upper, work, relative=True)
         if len(data) >= PAGE_LIMIT:
