@@ -9,6 +9,7 @@ import json
 import os
 import sys
 
+from ketch.cli.images import human_duration
 from ketch.paths import Paths
 
 HELPS = {
@@ -71,33 +72,6 @@ def _ago(iso: str, now: float) -> str:
     except ValueError:
         return ""
     return human_duration(secs)
-
-
-def human_duration(secs: float) -> str:
-    s = int(secs)
-    if s < 1:
-        return "Less than a second"
-    if s == 1:
-        return "1 second"
-    if s < 60:
-        return f"{s} seconds"
-    m = s // 60
-    if m == 1:
-        return "About a minute"
-    if m < 60:
-        return f"{m} minutes"
-    h = round(s / 3600)
-    if h == 1:
-        return "About an hour"
-    if h < 48:
-        return f"{h} hours"
-    if h < 24 * 7 * 2:
-        return f"{h // 24} days"
-    if h < 24 * 30 * 2:
-        return f"{h // 24 // 7} weeks"
-    if h < 24 * 365 * 2:
-        return f"{h // 24 // 30} months"
-    return f"{h // 24 // 365} years"
 
 
 def _status_text(rec, state: str, code: int, now: float) -> str:

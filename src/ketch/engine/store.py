@@ -29,6 +29,7 @@ import time
 from dataclasses import dataclass, field, fields
 
 from ketch.errors import ContainerNotFound, ContainerStateError
+from ketch.linux.proc import start_time as proc_start_time
 from ketch.paths import Paths
 
 TYPE_CHECKING = False
@@ -50,22 +51,6 @@ def now_iso() -> str:
     """The current UTC time in Docker's RFC 3339 form with nanoseconds."""
     t = time.time_ns()
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t // 10**9)) + f".{t % 10**9:09d}Z"
-
-
-def proc_start_time(pid: int) -> int | None:
-    """Field 22 of /proc/PID/stat (start time in clock ticks); None if the
-    process is gone or a zombie (exited, not yet reaped)."""
-    if pid <= 0:
-        return None
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            data = f.read()
-    except OSError:
-        return None
-    rest = data[data.rindex(b")") + 2:].split()
-    if rest[0] in (b"Z", b"X"):
-        return None
-    return int(rest[19])
 
 
 def alive(pid: int, start: int | None) -> bool:

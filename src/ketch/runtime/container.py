@@ -28,6 +28,7 @@ from pathlib import Path
 
 from ketch.errors import ContainerNotFound, ContainerStateError, KetchError, SpecError
 from ketch.linux import syscalls as sc
+from ketch.linux.proc import start_time as proc_start_time
 
 TYPE_CHECKING = False  # typing is not imported at run time (start-up)
 if TYPE_CHECKING:
@@ -73,19 +74,6 @@ class Status(str, enum.Enum):
         return self is Status.STOPPED
 
 
-def _proc_start_time(pid: int) -> int | None:
-    """Field 22 of /proc/PID/stat (start time in clock ticks), or None if gone."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            data = f.read()
-    except OSError:
-        return None
-    fields = data[data.rindex(b")") + 2:].split()
-    if fields[0] == b"Z":  # zombie: exited, not yet reaped
-        return None
-    return int(fields[19])
-
-
 @dataclass
 class State:
     """The runtime-spec state of one container plus what the runtime needs to
@@ -116,7 +104,7 @@ class State:
     def status(self) -> Status:
         if not self.pid:
             return Status.CREATING
-        if _proc_start_time(self.pid) != self.start_time:
+        if proc_start_time(self.pid) != self.start_time:
             return Status.STOPPED
         cg = self.cgroups()
         if cg is not None and cg.frozen():
@@ -254,7 +242,7 @@ class Runtime:
             state.save()
             pid = self._spawn(spec, rootfs, state, stdio, console_socket, subreaper, cg, preserve_fds)
             state.pid = pid
-            state.start_time = _proc_start_time(pid)
+            state.start_time = proc_start_time(pid)
             state.save()
             if pid_file:
                 tmp = pid_file + ".tmp"
