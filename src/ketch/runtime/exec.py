@@ -233,22 +233,7 @@ def _child(process: Process, stdio: tuple[int, int, int], console: socket.socket
             raise ExecError(f"chdir to cwd ({process.cwd!r}) set in config.json failed: {e.strerror}", 126) from None
         path = _init.find_executable(process.args[0], env.get("PATH", ""))
         capmasks = _caps.masks(process.capabilities) if process.capabilities is not None else None
-        if filt is not None and not process.noNewPrivileges:
-            filt.load()  # needs CAP_SYS_ADMIN without no_new_privs: before capabilities are dropped
-        user = process.user
-        if capmasks is not None:  # as the init: bounding set first, caps kept across setuid
-            _caps.drop_bounding(capmasks)
-            _caps.keep_caps(True)
-        os.setgroups(list(user.additionalGids))
-        os.setgid(user.gid)
-        os.setuid(user.uid)
-        if capmasks is not None:
-            _caps.keep_caps(False)
-            _caps.apply_sets(capmasks)
-        if user.umask is not None:
-            os.umask(user.umask)
-        if process.noNewPrivileges:
-            sc.prctl(sc.PR_SET_NO_NEW_PRIVS, 1)
+        _init.become_user(process, capmasks, filt, default_umask=None)
         if filt is not None and process.noNewPrivileges:
             filt.load()
         try:

@@ -182,21 +182,7 @@ def container_init(spec: Spec, rootfs: str, chan: Channel, fifo_fd: int,
                       state.hook_state("created", host_pid) if state else b"{}")
         if persona is not None:
             sc.personality(PERSONALITIES[persona.domain])
-        if filt is not None and not proc.noNewPrivileges:
-            filt.load()  # needs CAP_SYS_ADMIN without no_new_privs: before capabilities are dropped
-        user = proc.user
-        if capmasks is not None:  # runc's finalizeNamespace: bounding set while we may, keep caps across setuid
-            caps.drop_bounding(capmasks)
-            caps.keep_caps(True)
-        os.setgroups(list(user.additionalGids))
-        os.setgid(user.gid)
-        os.setuid(user.uid)
-        if capmasks is not None:
-            caps.keep_caps(False)
-            caps.apply_sets(capmasks)
-        os.umask(0o022 if user.umask is None else user.umask)
-        if proc.noNewPrivileges:
-            sc.prctl(sc.PR_SET_NO_NEW_PRIVS, 1)
+        become_user(proc, capmasks, filt, default_umask=0o022)
         code = 126
         close_exec_from(3 + preserve_fds)
         if filt is not None and proc.noNewPrivileges:
@@ -237,6 +223,32 @@ def _describe(e: BaseException | None) -> str:
     name = t.__qualname__ if t.__module__ in ("builtins", "__main__") else f"{t.__module__}.{t.__qualname__}"
     msg = str(e)
     return (f"{name}: {msg}" if msg else name).strip().splitlines()[-1]
+
+
+def become_user(proc, capmasks, filt, default_umask: int | None) -> None:
+    """Take on ``proc``'s identity, in runc's ``finalizeNamespace`` order:
+    a seccomp filter that must load while we still have CAP_SYS_ADMIN (no
+    ``noNewPrivileges``), the bounding set while we may, capabilities kept
+    across setgroups/setgid/setuid, then the other four capability sets, the
+    umask (``default_umask`` when the spec has none; None keeps ours) and
+    no_new_privs.  Used by the init and by ``exec``.  Raises OSError."""
+    if filt is not None and not proc.noNewPrivileges:
+        filt.load()  # needs CAP_SYS_ADMIN without no_new_privs: before capabilities are dropped
+    user = proc.user
+    if capmasks is not None:
+        caps.drop_bounding(capmasks)
+        caps.keep_caps(True)
+    os.setgroups(list(user.additionalGids))
+    os.setgid(user.gid)
+    os.setuid(user.uid)
+    if capmasks is not None:
+        caps.keep_caps(False)
+        caps.apply_sets(capmasks)
+    umask = default_umask if user.umask is None else user.umask
+    if umask is not None:
+        os.umask(umask)
+    if proc.noNewPrivileges:
+        sc.prctl(sc.PR_SET_NO_NEW_PRIVS, 1)
 
 
 def close_exec_from(first: int) -> None:
