@@ -359,6 +359,7 @@ class Podman:
     """podman on a private store (root, runroot, tmpdir) with ketch-runtime as its OCI runtime."""
 
     def __init__(self, base: Path):
+        self.base = base
         self.argv = ["podman", "--root", str(base / "root"), "--runroot", str(base / "run"),
                      "--tmpdir", str(base / "tmp"), "--cgroup-manager=cgroupfs", "--events-backend=file",
                      "--runtime", str(BIN), "--runtime-flag", f"root={base / 'runtime'}"]
@@ -366,6 +367,9 @@ class Podman:
     def __call__(self, *args: str, check: bool = True, timeout: float = 120, **kw) -> subprocess.CompletedProcess:
         kw.setdefault("stdout", subprocess.PIPE)
         kw.setdefault("stderr", subprocess.PIPE)
+        # conmon writes an "oom" marker into its working directory when the
+        # container is OOM-killed: keep that inside the store, not the checkout.
+        kw.setdefault("cwd", self.base)
         p = subprocess.run([*self.argv, *args], timeout=timeout, **kw)
         if check and p.returncode != 0:
             raise AssertionError(f"podman {' '.join(args)} exited {p.returncode}: {p.stderr.decode()}")
