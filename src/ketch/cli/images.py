@@ -314,8 +314,20 @@ def configure_import(p: argparse.ArgumentParser) -> None:
 
 def run_import(args: argparse.Namespace, paths) -> int:
     from ketch.image.transports import import_rootfs
+    from ketch.errors import ImageError
+    from ketch.snapshot.overlay import Snapshotter
+
     src = sys.stdin.buffer if args.file == "-" else args.file
-    r = import_rootfs(_store(paths), src, args.reference, message=args.message, changes=args.change)
+    store = _store(paths)
+    r = import_rootfs(store, src, args.reference, message=args.message, changes=args.change)
+    # Unpack now, as `docker import` extracts at import time: a tar with an
+    # escaping or corrupt entry is refused here (naming the entry), not at
+    # the first run, and the image it would have made is removed again.
+    try:
+        Snapshotter(paths.snapshots).ensure_image(store.content, r.image)
+    except ImageError:
+        store.remove(r.image.id, force=True)
+        raise
     print(r.image.id)
     return 0
 

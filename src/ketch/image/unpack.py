@@ -1100,8 +1100,12 @@ def _apply(f: BinaryIO, dest: bytes, parents: list[Path], diff_id: str | None) -
             name = e.name
             try:
                 apply(e, reader)
-            except LayerError:
-                raise
+            except LayerError as err:
+                shown = _show(name)
+                if shown in str(err):
+                    raise
+                # the culprit may be a parent component: name the entry too
+                raise LayerError(f"layer entry {shown}: {err}") from err
             except OSError as err:
                 raise LayerError(f"layer entry {_show(name)}: {err.strerror or err}") from err
             except (ValueError, OverflowError) as err:  # NUL in a link name, uid beyond 2³²…
