@@ -354,6 +354,61 @@ def test_concurrent_starts_release_once(rt):
     assert rt.state("s1")["status"] == "running"
 
 
+# ------------------------------------------------------------------ exec
+def test_exec_in_running_container(rt):
+    rt.config("sleep", "60")
+    rt("run", "--detach", "--bundle", str(rt.bundle), "x1", check=True)
+    try:
+        # the same PID namespace: the container's init is PID 1 there
+        p = rt("exec", "x1", "ps", "-o", "pid,args", check=True)
+        rows = [line.split(None, 1) for line in p.stdout.decode().splitlines()[1:]]
+        assert ["1", "sleep 60"] in rows, rows
+        assert rt("exec", "x1", "true").returncode == 0
+        p = rt("exec", "x1", "sh", "-c", "echo out; echo err >&2; exit 3")
+        assert (p.returncode, p.stdout, p.stderr) == (3, b"out\n", b"err\n")
+        p = rt("exec", "x1", "/no/such/program")
+        assert p.returncode == 127 and b"no such file or directory" in p.stderr
+        p = rt("exec", "x1", "sh", "-c", "kill -KILL $$")
+        assert p.returncode == 137
+        p = rt("exec", "--env", "A=1", "-e", "B=two", "--cwd", "/tmp", "--user", "65534:65534", "x1",
+               "sh", "-c", "echo $A $B; pwd; id -u; id -g", check=True)
+        assert p.stdout == b"1 two\n/tmp\n65534\n65534\n"
+        p = rt("exec", "x1", "cat", input=b"stdin reaches it\n", check=True)
+        assert p.stdout == b"stdin reaches it\n"
+
+        proc = {"args": ["sh", "-c", "echo $FROM; pwd; id -u; grep CapEff /proc/self/status"],
+                "cwd": "/etc", "env": ["PATH=/bin:/usr/bin", "FROM=file"], "user": {"uid": 1, "gid": 1},
+                "capabilities": {"bounding": [], "effective": [], "permitted": []}, "noNewPrivileges": True}
+        pf = rt.base / "process.json"
+        pf.write_text(json.dumps(proc))
+        p = rt("exec", "--process", str(pf), "x1", check=True)
+        assert p.stdout.decode().split("\n")[:3] == ["file", "/etc", "1"]
+        assert p.stdout.decode().split()[-1] == "0000000000000000"
+
+        marker_pid = rt.base / "exec.pid"
+        p = rt("exec", "--detach", "--pid-file", str(marker_pid), "x1", "sleep", "30", check=True)
+        assert p.stdout == b"" and p.stderr == b""
+        pid = int(marker_pid.read_text())
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            assert f.read() == b"sleep\x0030\x00"
+        assert pid in json.loads(rt("ps", "--format", "json", "x1", check=True).stdout)
+        os.kill(pid, signal.SIGKILL)
+        _, status = os.waitpid(pid, 0)  # reparented to us, the subreaper
+        assert os.WTERMSIG(status) == signal.SIGKILL
+    finally:
+        rt("delete", "--force", "x1")
+
+
+def test_exec_errors(rt):
+    p = rt("exec", "nope", "true")
+    assert p.returncode == 1 and p.stderr == b"container nope does not exist\n"
+    rt.config("true")
+    rt("run", "--keep", "--bundle", str(rt.bundle), "x2", check=True)
+    p = rt("exec", "x2", "true")
+    assert p.returncode == 1 and p.stderr == b"cannot exec in a stopped container\n"
+    rt("delete", "x2", check=True)
+
+
 # ------------------------------------------------------------------ podman
 class Podman:
     """podman on a private store (root, runroot, tmpdir) with ketch-runtime as its OCI runtime."""
@@ -429,6 +484,17 @@ def test_podman_detached_stop_rm(podman):
     assert podman("inspect", "-f", "{{.State.Status}} {{.State.ExitCode}}", "bg").stdout == b"exited 0\n"
     podman("rm", "bg")
     assert cid not in podman("ps", "-aq", "--no-trunc").stdout.decode()
+
+
+def test_podman_exec(podman):
+    podman("run", "-d", "--name", "ex", "--network", "none", *ULIMITS, "alpine:3.20.3", "sleep", "60")
+    try:
+        assert podman("exec", "ex", "cat", "/etc/alpine-release").stdout == b"3.20.3\n"
+        assert podman("exec", "ex", "sh", "-c", "exit 3", check=False).returncode == 3
+        assert podman("exec", "-u", "65534", "-w", "/tmp", "ex", "sh", "-c", "id -u; pwd").stdout == b"65534\n/tmp\n"
+    finally:
+        podman("rm", "-f", "-t", "0", "ex", check=False)
+    assert b"ex" not in podman("ps", "-a", "--format", "{{.Names}}").stdout
 
 
 # ------------------------------------------------------------------ containerd
@@ -580,3 +646,20 @@ def test_containerd_cri_runtime_stanza_parses(containerd):
     section = out[out.index('containerd.runtimes.ketch]'):]
     assert 'runtime_type = "io.containerd.runc.v2"' in section
     assert f'BinaryName = "{BIN}"' in section
+
+
+def test_containerd_task_exec(containerd):
+    containerd("run", "-d", *containerd.run_args(), CTR_IMAGE, "e1", "sleep", "60")
+    try:
+        p = containerd("task", "exec", "--exec-id", "x", "e1", "cat", "/etc/alpine-release")
+        assert p.stdout == b"3.20.3\n"
+        p = containerd("task", "exec", "--exec-id", "y", "e1", "sh", "-c", "exit 4", check=False)
+        assert p.returncode == 4
+    finally:
+        containerd("task", "kill", "-s", "KILL", "e1", check=False)
+        for _ in range(200):
+            if b"RUNNING" not in containerd("task", "ls").stdout:
+                break
+            time.sleep(0.05)
+        containerd("task", "rm", "-f", "e1", check=False)
+        containerd("containers", "rm", "e1", check=False)

@@ -91,7 +91,9 @@ def test_errors_are_one_line_and_exit_1(tmp_path, capsys):
 @pytest.mark.parametrize("argv, message", [
     (["--systemd-cgroup", "state", "x"], "--systemd-cgroup is not supported"),
     (["frobnicate"], "No help topic for 'frobnicate'"),
-    (["exec", "x", "true"], "does not implement 'exec' yet"),
+    (["update", "x"], "does not implement 'update' yet"),
+    (["exec", "x", "true"], "container x does not exist"),
+    (["exec"], '"exec" requires at least 1 argument'),
     (["state"], '"state" requires exactly 1 argument'),
     (["kill", "a", "KILL", "extra"], '"kill" accepts at most 2 argument'),
 ])

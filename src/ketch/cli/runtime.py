@@ -80,7 +80,8 @@ def _quote(s: str) -> str:
 
 
 # --------------------------------------------------------------------------- parsing
-# flag name (without dashes; short aliases too) -> (destination, kind: "bool" | "str" | "int")
+# flag name (without dashes; short aliases too) -> (destination, kind: "bool" | "str" | "int" | "list")
+# ("list": repeatable, the values in order)
 Flags = dict[str, tuple[str, str]]
 
 GLOBAL_FLAGS: Flags = {
@@ -140,6 +141,8 @@ def parse(argv: list[str], flags: Flags, stop_at_positional: bool = False,
                 out[dest] = int(value)
             except ValueError:
                 raise Failure(f"invalid value {value!r} for flag -{name}: parse error") from None
+        elif kind == "list":
+            out.setdefault(dest, []).append(value)
         else:
             out[dest] = value
     return out
@@ -434,6 +437,167 @@ def _run_foreground(rt, cid: str, bundle: str, a: Args, preserve_fds: int) -> in
             rt.delete(cid, force=True)
 
 
+def exec_process_spec(a: Args, state):
+    """The process ``exec`` starts: ``--process FILE`` as it is, or the
+    container's own ``process`` (its bundle's config.json) with the command,
+    ``--tty``, ``--cwd``, ``--env`` (appended), ``--user``, ``--additional-gids``,
+    ``--cap`` and ``--no-new-privs`` as runc applies them."""
+    import json
+    from dataclasses import replace
+    from ketch.oci.runtime import Process
+    if a.process:
+        try:
+            with open(a.process) as f:
+                d = json.load(f)
+        except OSError as e:
+            raise Failure(f"open {a.process}: {e.strerror}") from None
+        except ValueError as e:
+            raise Failure(f"parsing {a.process}: {e}") from None
+        proc = Process.from_json(d)
+        if a.tty:
+            proc = replace(proc, terminal=True)
+        return proc
+    command = a.positional[1:]
+    if not command:
+        raise Failure("exec failed: args must not be empty")
+    try:
+        with open(os.path.join(state.bundle, "config.json")) as f:
+            base = Process.from_json(json.load(f)["process"])
+    except (OSError, ValueError, KeyError):
+        base = Process.from_json({"args": command, "cwd": "/",
+                                  "env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"]})
+    proc = replace(base, args=tuple(command), terminal=bool(a.tty), consoleSize=None,
+                   env=tuple(base.env) + tuple(a.env or ()))
+    if a.cwd:
+        proc = replace(proc, cwd=a.cwd)
+    if a.user:
+        uid_s, _, gid_s = a.user.partition(":")
+        if uid_s.isdigit() and (not gid_s or gid_s.isdigit()):
+            uid, gid = int(uid_s), int(gid_s) if gid_s else 0
+        else:
+            from ketch.engine.users import resolve_user_in_rootfs
+            u = resolve_user_in_rootfs(f"/proc/{state.pid}/root", a.user)
+            uid, gid = u.uid, u.gid
+        proc = replace(proc, user=replace(proc.user, uid=uid, gid=gid))
+    if a.additional_gids:
+        gids = []
+        for v in a.additional_gids:
+            if not v.isdigit():
+                raise Failure(f"invalid additional gid {v!r}")
+            gids.append(int(v))
+        proc = replace(proc, user=replace(proc.user, additionalGids=tuple(gids)))
+    if a.cap and proc.capabilities is not None:
+        caps = proc.capabilities
+        add = tuple(a.cap)
+        proc = replace(proc, capabilities=replace(caps, **{k: tuple(getattr(caps, k)) + add
+                                                           for k in ("bounding", "effective", "permitted")}))
+    if a.no_new_privs:
+        proc = replace(proc, noNewPrivileges=True)
+    return proc
+
+
+def cmd_exec(g: Args, a: Args, log: Log) -> int:
+    """runc's ``exec``: a process in the container's namespaces and cgroups;
+    in the foreground the CLI exits with its status (128+N for signal N),
+    with ``--detach`` at once (0), the process reparented to the nearest
+    subreaper (conmon, containerd's shim)."""
+    import json
+    import signal
+    import socket
+    from ketch.errors import ExecError
+    from ketch.runtime import exec as rexec
+    from ketch.runtime.container import Status
+
+    if not a.positional:
+        raise Failure('"exec" requires at least 1 argument(s)')
+    cid = a.positional[0]
+    if a.process and len(a.positional) > 1:
+        log.debug("exec: --process given, the command-line arguments are ignored")
+    keep = prepare_fds(a.preserve_fds or 0)
+    rt = _runtime(g)
+    state = rt.load(cid)
+    st = state.status()
+    if st is Status.STOPPED:
+        raise Failure("cannot exec in a stopped container")
+    if st is Status.PAUSED:
+        raise Failure("cannot exec in a paused container")
+    if st is Status.CREATING:
+        raise Failure(f"container {cid} is being created")
+    proc = exec_process_spec(a, state)
+    if proc.terminal and a.detach and not a.console_socket:
+        raise Failure("cannot allocate tty if runc will detach without setting console socket")
+    if not proc.terminal and a.console_socket:
+        raise Failure("cannot use console socket if runc will not allocate tty")
+    seccomp = None
+    try:
+        with open(os.path.join(state.bundle, "config.json")) as f:
+            cfg = json.load(f)
+    except (OSError, ValueError):
+        cfg = {}
+    if (cfg.get("linux") or {}).get("seccomp"):
+        from ketch.oci.runtime import Spec
+        seccomp = Spec.from_json(cfg).linux.seccomp
+    log.debug(f"exec {cid}: {list(proc.args)}, detach {bool(a.detach)}, preserved fds {keep}")
+    ours = theirs = None
+    if a.console_socket and proc.terminal:
+        theirs = _connect_console(a.console_socket)
+    elif proc.terminal:
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        from dataclasses import replace
+        from ketch.runtime.tty import window_size
+        size = window_size(0) or window_size(1)
+        if size and proc.consoleSize is None:
+            proc = replace(proc, consoleSize=size)
+    pid_out: list[int] = []
+    try:
+        helper = rexec.exec_process(state.pid, proc, console_socket=theirs, detach=bool(a.detach),
+                                    seccomp=seccomp, pid_out=pid_out)
+    except ExecError as e:
+        log.error(str(e))
+        sys.stderr.write(f"{e}\n")
+        return e.exit_code
+    finally:
+        if theirs is not None:
+            theirs.close()
+    pid = pid_out[0] if pid_out else helper
+    if a.pid_file:
+        _write_pid_file(a.pid_file, pid)
+    if a.detach:
+        rexec.wait(helper)  # A exits at once; the process is not our child
+        return 0
+
+    def forward(sig, _frame):
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            pass
+
+    master = None
+    if ours is not None:
+        from ketch.runtime.tty import recv_console
+        master = recv_console(ours)
+        ours.close()
+    for name in _PROXIED:
+        if master is None or name not in ("SIGINT", "SIGQUIT"):
+            signal.signal(getattr(signal, name), forward)
+    if master is not None:
+        from ketch.runtime.tty import relay
+        relay(master, 0, 1)
+        os.close(master)
+    return rexec.wait(helper)
+
+
+def _write_pid_file(path: str, pid: int) -> None:
+    """runc's pid file: written to a temporary name and renamed into place."""
+    tmp = os.path.join(os.path.dirname(os.path.abspath(path)), "." + os.path.basename(path))
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+    try:
+        os.write(fd, str(pid).encode())
+    finally:
+        os.close(fd)
+    os.rename(tmp, path)
+
+
 def cmd_list(g: Args, a: Args, log: Log) -> int:
     if a.positional:
         raise Failure('"list" takes no arguments')
@@ -557,6 +721,18 @@ COMMANDS: dict[str, tuple] = {
     "run": (cmd_run, {**_BUNDLE, **_CONSOLE, "detach": ("detach", "bool"), "d": ("detach", "bool"),
                       "keep": ("keep", "bool")},
             "run [--bundle B] [--detach] [--pid-file F] [--console-socket S] [--keep] ID"),
+    "exec": (cmd_exec, {"process": ("process", "str"), "p": ("process", "str"), "cwd": ("cwd", "str"),
+                        "env": ("env", "list"), "e": ("env", "list"), "user": ("user", "str"),
+                        "u": ("user", "str"), "additional-gids": ("additional_gids", "list"),
+                        "g": ("additional_gids", "list"), "cap": ("cap", "list"), "c": ("cap", "list"),
+                        "tty": ("tty", "bool"), "t": ("tty", "bool"), "detach": ("detach", "bool"),
+                        "d": ("detach", "bool"), "console-socket": ("console_socket", "str"),
+                        "pid-file": ("pid_file", "str"), "preserve-fds": ("preserve_fds", "int"),
+                        "no-new-privs": ("no_new_privs", "bool"), "process-label": ("process_label", "str"),
+                        "apparmor": ("apparmor", "str"), "ignore-paused": ("ignore_paused", "bool"),
+                        "cgroup": ("cgroup", "list")},
+             "exec [--process F | --cwd D --env K=V --user UID[:GID] ...] [--tty] [--detach] "
+             "[--console-socket S] [--pid-file F] [--preserve-fds N] ID [COMMAND ARGS...]"),
     "list": (cmd_list, {**_FORMAT, "quiet": ("quiet", "bool"), "q": ("quiet", "bool")},
              "list [--format table|json] [-q]"),
     "ps": (cmd_ps, _FORMAT, "ps [--format table|json] ID [ps options]"),
@@ -567,7 +743,7 @@ COMMANDS: dict[str, tuple] = {
 }
 
 # runc commands clients may call that this runtime does not have yet.
-NOT_IMPLEMENTED = ("exec", "update", "events", "checkpoint", "restore")
+NOT_IMPLEMENTED = ("update", "events", "checkpoint", "restore")
 
 USAGE = """usage: ketch-runtime [--root DIR] [--log FILE] [--log-format text|json] [--debug] COMMAND [ARGS...]
 
@@ -619,7 +795,7 @@ def _main(argv: list[str]) -> int:
             raise Failure(f"No help topic for '{word}'")
         fn, flags, usage = COMMANDS[word]
         a = parse(rest, {**flags, "help": ("help", "bool"), "h": ("help", "bool")},
-                  stop_after=1 if word == "ps" else None)
+                  stop_after=1 if word in ("ps", "exec") else None)
         if a.help:
             sys.stdout.write(f"usage: ketch-runtime {usage}\n")
             return 0

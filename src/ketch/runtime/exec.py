@@ -115,11 +115,14 @@ def join_cgroups(pid1: int) -> None:
 
 
 def exec_process(pid1: int, process: Process, *, stdio: tuple[int, int, int] = (0, 1, 2),
-                 console_socket: socket.socket | None = None, detach: bool = False, seccomp=None) -> int:
+                 console_socket: socket.socket | None = None, detach: bool = False, seccomp=None,
+                 pid_out: list[int] | None = None) -> int:
     """Start ``process`` in the container of ``pid1``; return the PID of the
     helper (A) to wait for: its exit status is the process's (Docker's
     exit code; 0 at once with ``detach``).  ``seccomp``: the container's
-    ``linux.seccomp`` (an :mod:`ketch.oci` Seccomp), or None.
+    ``linux.seccomp`` (an :mod:`ketch.oci` Seccomp), or None.  ``pid_out``:
+    a list the host PID of the process itself (B) is appended to (what
+    ``runc exec --pid-file`` writes, and where signals are forwarded).
 
     Returns only once the program is executing.  Raises ContainerStateError
     if PID 1 is gone, ExecError (126/127 as Docker: cwd, not found, not
@@ -136,6 +139,7 @@ def exec_process(pid1: int, process: Process, *, stdio: tuple[int, int, int] = (
     except FileNotFoundError:
         raise ContainerStateError(f"container process {pid1} is not running") from None
     r, w = os.pipe2(os.O_CLOEXEC)
+    pr, pw = os.pipe2(os.O_CLOEXEC) if pid_out is not None else (-1, -1)
     sys.stdout.flush()
     sys.stderr.flush()
     a = os.fork()
@@ -143,6 +147,8 @@ def exec_process(pid1: int, process: Process, *, stdio: tuple[int, int, int] = (
         code = 125
         try:
             os.close(r)
+            if pr >= 0:
+                os.close(pr)
             join_cgroups(pid1)
             for name, flag, fd in fds:
                 try:
@@ -154,6 +160,9 @@ def exec_process(pid1: int, process: Process, *, stdio: tuple[int, int, int] = (
             if b == 0:  # -------------------------------------------------- B
                 _child(process, stdio, console_socket, w, filt)
             os.close(w)
+            if pw >= 0:
+                os.write(pw, str(b).encode())
+                os.close(pw)
             if detach:
                 code = 0
             else:
@@ -173,7 +182,19 @@ def exec_process(pid1: int, process: Process, *, stdio: tuple[int, int, int] = (
     os.close(w)
     for _, _, fd in fds:
         os.close(fd)
-    return _await_exec(a, r, console_socket is not None)
+    if pw < 0:
+        return _await_exec(a, r, console_socket is not None)
+    os.close(pw)
+    try:
+        helper = _await_exec(a, r, console_socket is not None)
+        data = b""
+        while chunk := os.read(pr, 64):
+            data += chunk
+    finally:
+        os.close(pr)
+    if data.isdigit():
+        pid_out.append(int(data))
+    return helper
 
 
 def _await_exec(a: int, r: int, terminal: bool) -> int:
