@@ -101,6 +101,7 @@ class Engine:
                 size = window_size(0) or window_size(1)
                 if size:
                     spec = spec.with_(process=replace(spec.process, consoleSize=size))
+            argv, env = list(spec.process.args or ()), list(spec.process.env or ())
             if opts.init:
                 from ketch.engine.lifecycle import with_init
                 spec = with_init(spec)
@@ -115,6 +116,8 @@ class Engine:
                 detached = True
                 return 0
             code = self._run_process(rec, cdir, spec, opts, fields)
+            if code in (132, 139, 159):     # SIGILL, SIGSEGV, SIGSYS: say what is likely wrong
+                explain_exit(self.paths, image_ref, image, argv, env, rootfs, code)
         finally:
             if not detached:
                 if mounted:
@@ -193,6 +196,28 @@ class Engine:
         from ketch.engine.lifecycle import remove
         remove(self, ref, force)
         return ref
+
+
+def explain_exit(paths: Paths, image_ref: str, image: Any, argv: list, env: list, rootfs: Path,
+                 code: int) -> None:
+    """Print on stderr why the entrypoint likely died by a signal (issue 7): the compat
+    analysis of that one binary, imported only now so that a normal run never loads it.
+    Never raises: the container's exit code is what matters."""
+    import sys
+    try:
+        from ketch.compat.explain import explain_exit as explain
+        lines = explain(code, image_ref, argv, env, rootfs, paths,
+                        list(reversed(image.chain_ids)))
+    except Exception:
+        name = {132: "SIGILL", 139: "SIGSEGV", 159: "SIGSYS"}[code]
+        lines = [f"ketch: the container's process was killed by {name} (exit {code});"
+                 f" run 'ketch compat {image_ref}' to check the image's binaries against this kernel"]
+    try:
+        sys.stdout.flush()
+        sys.stderr.write("".join(line + "\n" for line in lines))
+        sys.stderr.flush()
+    except OSError:
+        pass
 
 
 _private = False
