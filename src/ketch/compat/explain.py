@@ -26,30 +26,15 @@ _GLIBC_DIRS = ("lib/x86_64-linux-gnu", "usr/lib/x86_64-linux-gnu", "lib/aarch64-
 
 
 def resolve_in_root(root: Path, path: str) -> str | None:
-    """``path`` (absolute within ``root``) with symlinks followed inside ``root``;
-    the relpath of a regular file, or None."""
-    todo = [c for c in path.split("/") if c and c != "."]
-    cur: list[str] = []
-    hops = 0
-    while todo:
-        c = todo.pop(0)
-        if c == "..":
-            if cur:
-                cur.pop()
-            continue
-        full = os.path.join(root, *cur, c)
-        if os.path.islink(full):
-            hops += 1
-            if hops > 40:
-                return None
-            target = os.readlink(full)
-            if target.startswith("/"):
-                cur = []
-            todo = [x for x in target.split("/") if x and x != "."] + todo
-            continue
-        cur.append(c)
-    rel = "/".join(cur)
-    return rel if rel and os.path.isfile(os.path.join(root, rel)) else None
+    """``path`` (absolute within ``root``) with symlinks followed inside ``root``
+    (:func:`ketch.fs.secure_join`); the relpath of a regular file, or None."""
+    from ketch.fs import secure_join
+    try:
+        full = secure_join(root, path)
+    except OSError:  # a symlink loop
+        return None
+    rel = os.path.relpath(full, os.path.abspath(root))
+    return rel if rel != "." and os.path.isfile(full) else None
 
 
 def which_in_root(root: Path, name: str, env: list[str] | tuple[str, ...] = ()) -> str | None:
