@@ -327,3 +327,10 @@ def skopeo_copy(src: str, dest: str) -> None:
     subprocess.run(["skopeo", "copy", "-q", "--dest-tls-verify=false", src, dest], check=True, timeout=120)
 
 
+def layout_manifest(layout: Path, tag: str) -> dict:
+    """The manifest digest/size, config and layer digests of ``tag`` in an OCI layout."""
+    idx = json.loads((layout / "index.json").read_text())
+    (e,) = [m for m in idx["manifests"] if m["annotations"]["org.opencontainers.image.ref.name"] == tag]
+    m = json.loads((layout / "blobs/sha256" / e["digest"][7:]).read_bytes())
+    return {"digest": e["digest"], "size": e["size"], "layers": [x["digest"] for x in m["layers"]],
+            "config": m["config"]["digest"]}

@@ -31,7 +31,8 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import SHARED_IMAGES, Ketch, _cleanup, _new_base
-from tests.integration.registry_helpers import PASSWORD, USER, FaultProxy, Registry, TokenService, free_port
+from tests.integration.registry_helpers import (PASSWORD, USER, FaultProxy, Registry, TokenService, free_port,
+                                                layout_manifest)
 
 ALPINE = SHARED_IMAGES / "alpine"
 BUSYBOX = SHARED_IMAGES / "busybox"
@@ -41,15 +42,8 @@ pytestmark = pytest.mark.skipif(
     reason="needs docker-registry, skopeo (scripts/setup.sh installs them) and ../shared/images")
 
 
-def layout_image(layout: Path, tag: str) -> dict:
-    idx = json.loads((layout / "index.json").read_text())
-    (e,) = [m for m in idx["manifests"] if m["annotations"]["org.opencontainers.image.ref.name"] == tag]
-    m = json.loads((layout / "blobs/sha256" / e["digest"][7:]).read_bytes())
-    return {"digest": e["digest"], "config": m["config"]["digest"], "layers": [x["digest"] for x in m["layers"]]}
-
-
-A = layout_image(ALPINE, "3.20.3") if ALPINE.is_dir() else {}
-B = layout_image(BUSYBOX, "1.37.0-musl") if BUSYBOX.is_dir() else {}
+A = layout_manifest(ALPINE, "3.20.3") if ALPINE.is_dir() else {}
+B = layout_manifest(BUSYBOX, "1.37.0-musl") if BUSYBOX.is_dir() else {}
 
 
 def skopeo(*args: str, check: bool = True) -> subprocess.CompletedProcess:

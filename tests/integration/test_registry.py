@@ -30,7 +30,7 @@ import pytest
 
 from tests.conftest import SHARED_IMAGES, Ketch, _cleanup, _new_base, require_root
 from tests.integration.registry_helpers import (PASSWORD, USER, FaultProxy, Registry, TokenService, free_port,
-                                                http_get, skopeo_copy)
+                                                http_get, layout_manifest, skopeo_copy)
 
 ALPINE = SHARED_IMAGES / "alpine"
 BUSYBOX = SHARED_IMAGES / "busybox"
@@ -38,14 +38,6 @@ BUSYBOX = SHARED_IMAGES / "busybox"
 pytestmark = pytest.mark.skipif(
     not (shutil.which("docker-registry") and shutil.which("skopeo") and ALPINE.is_dir()),
     reason="needs docker-registry, skopeo (scripts/setup.sh installs them) and ../shared/images")
-
-
-def layout_manifest(layout: Path, tag: str) -> dict:
-    idx = json.loads((layout / "index.json").read_text())
-    (e,) = [m for m in idx["manifests"] if m["annotations"]["org.opencontainers.image.ref.name"] == tag]
-    m = json.loads((layout / "blobs/sha256" / e["digest"][7:]).read_bytes())
-    return {"digest": e["digest"], "size": e["size"], "layers": [x["digest"] for x in m["layers"]],
-            "config": m["config"]["digest"]}
 
 
 ALPINE_3203 = layout_manifest(ALPINE, "3.20.3") if ALPINE.is_dir() else {}
