@@ -568,7 +568,7 @@ def parse_restart(value: str) -> tuple[str, int]:
                          "'no', 'always', 'on-failure', or 'unless-stopped'")
     if has_n:
         if name != "on-failure":
-            raise UsageError(f"invalid restart policy: maximum retry count can only be used with 'on-failure'")
+            raise UsageError("invalid restart policy: maximum retry count can only be used with 'on-failure'")
         try:
             count = int(n)
             if count < 0:

@@ -20,6 +20,8 @@ TYPE_CHECKING = False  # typing is not imported at run time (start-up)
 if TYPE_CHECKING:
     from typing import Any
 
+    from ketch.oci.security import Device, Hook, IOPriority, Personality, Resources, Scheduler, Seccomp
+
 OCI_VERSION = "1.1.0"
 
 NAMESPACE_TYPES = ("pid", "network", "mount", "ipc", "uts", "user", "cgroup", "time")
