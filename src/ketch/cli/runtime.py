@@ -164,24 +164,11 @@ def _one_id(a: Args, cmd: str, extra: int = 0) -> str:
 
 def parse_signal(s: str) -> int:
     """``KILL``, ``SIGKILL``, ``kill``, ``9``, ``RTMIN+3`` → the signal number (runc's rules)."""
-    import signal
-    if s.isdigit():
-        n = int(s)
-        if 0 < n < signal.NSIG:
-            return n
-        raise Failure(f"unknown signal {s!r}")
-    name = s.upper()
-    if not name.startswith("SIG"):
-        name = "SIG" + name
-    for base, sign in (("SIGRTMIN+", 1), ("SIGRTMAX-", -1)):
-        if name.startswith(base) and name[len(base):].isdigit():
-            n = (signal.SIGRTMIN if sign > 0 else signal.SIGRTMAX) + sign * int(name[len(base):])
-            if signal.SIGRTMIN <= n <= signal.SIGRTMAX:
-                return n
+    from ketch.linux.signals import parse_signal as parse
     try:
-        return int(signal.Signals[name])
-    except KeyError:
-        raise Failure(f"unknown signal {s!r}") from None
+        return parse(s)
+    except ValueError as e:
+        raise Failure(str(e)) from None
 
 
 def prepare_fds(preserve: int) -> list[int]:

@@ -103,19 +103,11 @@ def with_init(spec: Any) -> Any:
 
 def parse_signal(value: str | int) -> int:
     """``KILL``, ``SIGKILL``, ``9`` → 9 (Docker's signal.ParseSignal).  Raises UsageError."""
-    s = str(value).strip()
-    if s.isdigit():
-        n = int(s)
-        if 0 < n < signal.NSIG:
-            return n
-        raise UsageError(f"Invalid signal: {value}")
-    name = s.upper()
-    if not name.startswith("SIG"):
-        name = "SIG" + name
-    sig = getattr(signal.Signals, name, None) if name in signal.Signals.__members__ else None
-    if sig is None:
-        raise UsageError(f"Invalid signal: {value}")
-    return int(sig)
+    from ketch.linux.signals import parse_signal as parse
+    try:
+        return parse(str(value))
+    except ValueError:
+        raise UsageError(f"Invalid signal: {value}") from None
 
 
 def wait_gone(pid: int, start: int | None, timeout: float) -> bool:
