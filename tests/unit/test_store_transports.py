@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import gzip
-import hashlib
 import io
 import json
 import os
@@ -19,20 +18,7 @@ from ketch.image import transports as tr
 from ketch.image.store import ImageStore
 from ketch.oci import image as oci
 from ketch.paths import Paths
-
-
-def sha(b: bytes) -> str:
-    return "sha256:" + hashlib.sha256(b).hexdigest()
-
-
-def make_tar(files: dict[str, bytes]) -> bytes:
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tf:
-        for name, data in files.items():
-            ti = tarfile.TarInfo(name)
-            ti.size = len(data)
-            tf.addfile(ti, io.BytesIO(data))
-    return buf.getvalue()
+from tests.unit.test_store import make_tar, sha
 
 
 def tar_dir(src: Path, dest: Path) -> None:

@@ -40,7 +40,7 @@ import tarfile
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO, Callable, Iterator
+from typing import BinaryIO, Callable
 
 from ketch.errors import DigestMismatch, ImageError, InvalidReference, KetchError
 from ketch.image.layers import CHUNK, LayerInfo, detect_compression, layer_media_type, scan_layer
@@ -750,10 +750,3 @@ def import_rootfs(store: ImageStore, file: Path | str | BinaryIO, name: str | No
     mblob = store.content.ingest_bytes(json.dumps(manifest.to_json(), separators=(",", ":")).encode())
     return _commit(store, mblob.digest, [name] if name else [], {blob.digest: info},
                    [(blob.digest, "Pull complete")])
-
-
-def iter_sources_help() -> Iterator[str]:
-    """One line per supported source form, for ``ketch pull --help``."""
-    yield "oci:DIR[:TAG]            OCI image layout directory"
-    yield "oci-archive:FILE[:TAG]   tar of an OCI image layout"
-    yield "docker-archive:FILE[:NAME:TAG]  what `docker save` writes"
