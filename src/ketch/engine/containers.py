@@ -62,7 +62,8 @@ class Engine:
         host, and no mount survives this process and the container, even
         when both are killed with SIGKILL.
         """
-        from ketch.engine.spec import build_spec, create_bind_sources, make_hosts_files, make_workdir
+        from ketch.engine.spec import (build_spec, create_bind_sources, default_hostname, make_hosts_files,
+                                       make_workdir)
 
         try:
             image = self.images.resolve(image_ref)
@@ -88,7 +89,7 @@ class Engine:
             private_mounts()
             self.snapshots.mount(lowers, upper, work, rootfs, volatile=bool(opts.rm))
             mounted = True
-            hostname = opts.hostname or rec.Id[:12]
+            hostname = opts.hostname or default_hostname(rec.Id)
             hosts = make_hosts_files(cdir, hostname, ip=net.ip or None)
             net.joined(self.paths, cdir)
             spec = build_spec(image.config, opts, container_id=rec.Id, rootfs=str(rootfs),

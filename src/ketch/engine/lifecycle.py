@@ -256,14 +256,14 @@ def _attach_network(engine: Engine, rec: ContainerRecord, image) -> None:
     except ImportError:  # an engine without networking
         return
     from ketch.engine.options import RunOptions
-    from ketch.engine.spec import make_hosts_files
+    from ketch.engine.spec import default_hostname, make_hosts_files
 
     cdir = engine.containers.dir(rec.Id)
     detach_network(engine.paths, cdir)  # what a crash may have left
     opts = RunOptions(network=mode, publish=tuple(hc.get("KetchPublish") or ()),
                       publish_all=bool(hc.get("PublishAllPorts")))
     net = attach_container(engine.paths, rec.Id, cdir, rec.Name, opts, image.config.config.ExposedPorts)
-    make_hosts_files(cdir, rec.Config.get("Hostname") or rec.Id[:12], ip=net.ip or None)
+    make_hosts_files(cdir, rec.Config.get("Hostname") or default_hostname(rec.Id), ip=net.ip or None)
     net.joined(engine.paths, cdir)
 
 
